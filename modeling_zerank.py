@@ -1,0 +1,140 @@
+"""zerank: a Qwen3 decoder scored as a reranker.
+
+A (query, document) pair is rendered with zerank's chat template (system turn = query, user turn = document, then
+the assistant prompt) and run through a Qwen3 backbone. The relevance logit is the language-model logit of the
+"Yes" token at the last position, which is the hidden state of the last real token projected on one row of the LM
+head. This file keeps only that row (``score.weight``, shape [1, hidden]) instead of the full-vocabulary head, and
+returns the calibrated logit ``(h . w_yes - score_bias) / score_temperature``: its sigmoid is the 0..1 relevance
+score (sentence-transformers applies the sigmoid by default for one label).
+
+This file is self-contained: it is copied next to the weights and loaded with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Model, Qwen3PreTrainedModel
+
+
+@strict
+class ZerankConfig(Qwen3Config):
+    r"""
+    Configuration of a zerank reranker: a Qwen3 backbone plus the scoring head.
+
+    Args:
+        yes_token_id (`int`, *optional*, defaults to 9454):
+            Vocabulary id of the token "Yes" whose LM-head row becomes the scoring vector.
+        score_temperature (`float`, *optional*, defaults to 5.0):
+            Calibration temperature T in ``sigmoid((raw_logit - score_bias) / T)``. Must be positive.
+        score_bias (`float`, *optional*, defaults to 0.0):
+            Calibration bias b in ``sigmoid((raw_logit - b) / score_temperature)``.
+        max_query_tokens (`int`, *optional*, defaults to 4096):
+            Longest query (in tokens, instruction included) that the sentence-transformers input module keeps;
+            longer queries are cut with a warning so that the document always has room in the context.
+        num_labels (`int`, *optional*, defaults to 1):
+            One relevance logit per pair. Qwen3Config's default of 2 would make sentence-transformers skip the sigmoid.
+    """
+
+    model_type = "zerank"
+
+    yes_token_id: int = 9454
+    score_temperature: float = 5.0
+    score_bias: float = 0.0
+    max_query_tokens: int = 4096
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None:
+            kwargs.setdefault("num_labels", 1)
+        super().__post_init__(**kwargs)
+
+    def validate_score(self):
+        if not self.score_temperature > 0:
+            raise ValueError(f"score_temperature must be positive, got {self.score_temperature}.")
+        if not 0 <= self.yes_token_id < self.vocab_size:
+            raise ValueError(f"yes_token_id {self.yes_token_id} is outside the vocabulary (size {self.vocab_size}).")
+        if self.max_query_tokens < 1:
+            raise ValueError(f"max_query_tokens must be at least 1, got {self.max_query_tokens}.")
+        if self.num_labels != 1:
+            raise ValueError(f"zerank scores one logit per pair, so num_labels must be 1, got {self.num_labels}.")
+
+
+class ZerankPreTrainedModel(Qwen3PreTrainedModel):
+    config_class = ZerankConfig
+    config: ZerankConfig
+
+
+class ZerankForSequenceClassification(ZerankPreTrainedModel):
+    """Qwen3 backbone whose last-token hidden state is projected on the "Yes" row of the LM head.
+
+    ``forward`` returns ``logits`` of shape (batch, 1): the calibrated logit. With ``labels`` (relevance in [0, 1])
+    it also returns the binary cross-entropy of those logits.
+    """
+
+    def __init__(self, config: ZerankConfig):
+        super().__init__(config)
+        self.model = Qwen3Model(config)
+        self.score = nn.Linear(config.hidden_size, 1, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        if position_ids is None and attention_mask is not None:
+            # Number real tokens from 0 in every row, so a left-padded row sees the positions it has unpadded.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        last = last_token_index(attention_mask, hidden_states.shape[1], hidden_states.device)
+        pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+        logits = self.calibrate(self.raw_logit(pooled))
+
+        loss = None
+        if labels is not None:
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                logits.squeeze(-1), labels.to(logits.device, torch.float32).view(-1)
+            )
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def raw_logit(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The "Yes" logit of hidden states (..., hidden) as (..., 1), computed in fp32."""
+        return nn.functional.linear(hidden.float(), self.score.weight.float())
+
+    def calibrate(self, raw_logit: torch.Tensor) -> torch.Tensor:
+        """Map raw "Yes" logits to calibrated logits, whose sigmoid is the 0..1 relevance score."""
+        return (raw_logit - self.config.score_bias) / self.config.score_temperature
+
+
+def last_token_index(attention_mask: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:
+    """Index of the last real token of each row: the rightmost position whose mask is 1.
+
+    This is right for left padding (always the last column), right padding and no padding alike. Without a mask
+    every row is taken to be unpadded.
+    """
+    if attention_mask is None:
+        return torch.full((1,), seq_len - 1, device=device, dtype=torch.long)
+    if not bool(attention_mask.any(dim=-1).all()):
+        raise ValueError("Every row needs at least one real token, but the attention mask has an all-zero row.")
+    positions = torch.arange(seq_len, device=attention_mask.device)
+    return (positions * attention_mask.to(torch.long)).argmax(dim=-1).to(device)
+
+
+__all__ = ["ZerankConfig", "ZerankForSequenceClassification", "ZerankPreTrainedModel"]

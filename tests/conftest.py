@@ -1,0 +1,61 @@
+"""Shared fixtures: the real Qwen3 tokenizer, tiny random Qwen3 checkpoints and built zerank folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+
+def shared_dir() -> Path:
+    """`../shared` beside the checkout (or $ZERANK_SHARED): real prompts and IR data sets, never committed."""
+    return Path(os.environ.get("ZERANK_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    from build import default_tokenizer_dir
+
+    return default_tokenizer_dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from build import CHAT_TEMPLATE_FILE
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = CHAT_TEMPLATE_FILE.read_text()
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    """A random Qwen3ForCausalLM with config/tiny.json's shape (tied embeddings), saved as safetensors."""
+    from build import make_random_base
+
+    return make_random_base(ROOT / "config" / "tiny.json", tmp_path_factory.mktemp("tiny-base"), 0, 2000)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_base_dir, tokenizer_dir, tmp_path_factory) -> Path:
+    """A zerank folder built from ``tiny_base_dir`` by scripts/build.py (verified against the causal LM)."""
+    from build import BuildArgs, build
+
+    out = tmp_path_factory.mktemp("tiny-zerank") / "model"
+    report = build(BuildArgs(out=out, base=str(tiny_base_dir), tokenizer=str(tokenizer_dir)))
+    assert report["max_abs_logit_error"] <= 1e-4
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tiny_model_dir):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(tiny_model_dir), trust_remote_code=True, device="cpu")
