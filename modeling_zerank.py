@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
+from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Model, Qwen3PreTrainedModel
@@ -35,6 +36,14 @@ class ZerankConfig(Qwen3Config):
         max_query_tokens (`int`, *optional*, defaults to 4096):
             Longest query (in tokens, instruction included) that the sentence-transformers input module keeps;
             longer queries are cut with a warning so that the document always has room in the context.
+        share_query_prefix (`bool`, *optional*, defaults to `True`):
+            At inference, rows of a batch that begin with the same tokens (the query prefix of a rerank call) have that
+            prefix run once; its keys/values are shared by the rows and only their remaining tokens are run. Exact.
+        min_shared_prefix_tokens (`int`, *optional*, defaults to 8):
+            Prefix sharing engages for a group of at least 2 rows whose common prefix has at least this many tokens.
+        max_batch_tokens (`int`, *optional*):
+            At inference, the padding of the incoming batch is dropped and rows are regrouped by length into batches
+            of at most this many tokens (rows x longest row). Defaults to 2048 on CPU and 32768 on accelerators.
         num_labels (`int`, *optional*, defaults to 1):
             One relevance logit per pair. Qwen3Config's default of 2 would make sentence-transformers skip the sigmoid.
     """
@@ -45,6 +54,9 @@ class ZerankConfig(Qwen3Config):
     score_temperature: float = 5.0
     score_bias: float = 0.0
     max_query_tokens: int = 4096
+    share_query_prefix: bool = True
+    min_shared_prefix_tokens: int = 8
+    max_batch_tokens: int | None = None
 
     def __post_init__(self, **kwargs):
         if self.id2label is None:
@@ -58,6 +70,10 @@ class ZerankConfig(Qwen3Config):
             raise ValueError(f"yes_token_id {self.yes_token_id} is outside the vocabulary (size {self.vocab_size}).")
         if self.max_query_tokens < 1:
             raise ValueError(f"max_query_tokens must be at least 1, got {self.max_query_tokens}.")
+        if self.min_shared_prefix_tokens < 1:
+            raise ValueError(f"min_shared_prefix_tokens must be at least 1, got {self.min_shared_prefix_tokens}.")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be positive, got {self.max_batch_tokens}.")
         if self.num_labels != 1:
             raise ValueError(f"zerank scores one logit per pair, so num_labels must be 1, got {self.num_labels}.")
 
@@ -72,6 +88,10 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
 
     ``forward`` returns ``logits`` of shape (batch, 1): the calibrated logit. With ``labels`` (relevance in [0, 1])
     it also returns the binary cross-entropy of those logits.
+
+    At inference (no gradients, no labels, sdpa or eager attention) the padded batch is not run as it comes: its
+    padding is dropped, rows that share a query prefix run that prefix once, and the remaining tokens are regrouped by
+    length into batches under ``config.max_batch_tokens``. Scores equal the plain path's (within float rounding).
     """
 
     def __init__(self, config: ZerankConfig):
@@ -87,8 +107,18 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        share_prefix: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
+        r"""
+        share_prefix (`bool`, *optional*):
+            Overrides ``config.share_query_prefix`` for this call (inference fast path only).
+        """
+        if self._can_repack(input_ids, position_ids, inputs_embeds, labels, kwargs):
+            share = self.config.share_query_prefix if share_prefix is None else share_prefix
+            raw = self._repacked_raw_logits(input_ids, attention_mask, share)
+            return SequenceClassifierOutput(logits=self.calibrate(raw))
+
         if position_ids is None and attention_mask is not None:
             # Number real tokens from 0 in every row, so a left-padded row sees the positions it has unpadded.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -121,6 +151,189 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
     def calibrate(self, raw_logit: torch.Tensor) -> torch.Tensor:
         """Map raw "Yes" logits to calibrated logits, whose sigmoid is the 0..1 relevance score."""
         return (raw_logit - self.config.score_bias) / self.config.score_temperature
+
+    def _can_repack(self, input_ids, position_ids, inputs_embeds, labels, kwargs) -> bool:
+        wants_outputs = any(kwargs.get(k) for k in ("output_hidden_states", "output_attentions"))
+        return (
+            input_ids is not None
+            and input_ids.dim() == 2
+            and inputs_embeds is None
+            and position_ids is None
+            and labels is None
+            and not wants_outputs
+            and not self.training
+            and not torch.is_grad_enabled()
+            and self.config._attn_implementation in ("sdpa", "eager")
+            and all(layer_type == "full_attention" for layer_type in self.config.layer_types)
+        )
+
+    def _repacked_raw_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, share: bool):
+        rows = real_token_rows(input_ids, attention_mask)
+        budget = self.config.max_batch_tokens or (2048 if input_ids.device.type == "cpu" else 32768)
+        min_prefix = self.config.min_shared_prefix_tokens if share else None
+        pooled = torch.empty(len(rows), self.config.hidden_size, device=input_ids.device, dtype=self.dtype)
+        for prefix_len, members in group_by_shared_prefix(rows, min_prefix):
+            cache_layers = self._prefix_keys_values(rows[members[0]][:prefix_len]) if prefix_len else None
+            lengths = [len(rows[i]) - prefix_len for i in members]
+            for batch in token_budget_batches(lengths, budget):
+                indices = [members[i] for i in batch]
+                pooled[indices] = self._last_hidden([rows[i][prefix_len:] for i in indices], prefix_len, cache_layers)
+        return self.raw_logit(pooled)
+
+    def _prefix_keys_values(self, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of every layer for one prefix (batch 1)."""
+        cache = self.model(input_ids=prefix[None], use_cache=True).past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _last_hidden(self, rows: list[torch.Tensor], prefix_len: int, cache_layers) -> torch.Tensor:
+        """Final hidden state of the last token of each row, the rows continuing a shared prefix of ``prefix_len``."""
+        device = rows[0].device
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        width = int(lengths.max())
+        ids = torch.zeros((len(rows), width), dtype=rows[0].dtype, device=device)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        steps = torch.arange(width, device=device)
+        # Positions continue the prefix explicitly: right padding never shifts them.
+        position_ids = (prefix_len + steps).expand(len(rows), -1)
+        # (rows, 1, width, prefix_len + width): every token sees the whole prefix and, causally, its row's real tokens.
+        # Padded query positions still see their row's first token, so no softmax row is empty.
+        key_real = steps[None, :] < lengths[:, None]
+        causal = steps[None, :] <= steps[:, None]
+        own = causal[None] & key_real[:, None, :]
+        visible = torch.cat([own.new_ones(len(rows), width, prefix_len), own], dim=-1)[:, None]
+        if self.config._attn_implementation == "eager":
+            visible = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill(
+                ~visible, torch.finfo(self.dtype).min
+            )
+        cache = None
+        if cache_layers is not None:
+            cache = Cache(layers=[SharedPrefixLayer(k, v) for k, v in cache_layers])
+        hidden = self.model(
+            input_ids=ids,
+            attention_mask={"full_attention": visible},
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=False,
+        ).last_hidden_state
+        return hidden[torch.arange(len(rows), device=device), lengths - 1]
+
+
+class SharedPrefixLayer(CacheLayerMixin):
+    """Read-only cache layer holding the keys/values of one shared prefix (batch 1).
+
+    ``update`` returns the prefix expanded to the batch (a view, no copy) followed by the new keys/values, and stores
+    nothing: the cache can be reused for several batches, and the continuation's keys/values are freed layer by layer
+    instead of being kept for the whole forward.
+    """
+
+    is_sliding = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values, self.is_initialized = keys, values, True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        batch = key_states.shape[0]
+        keys = torch.cat([self.keys.expand(batch, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([self.values.expand(batch, -1, -1, -1), value_states], dim=-2)
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+def real_token_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each row's real tokens (padding dropped, left or right). The real tokens of a row must be contiguous."""
+    if attention_mask is None:
+        return list(input_ids)
+    mask = attention_mask.bool()
+    counts = mask.sum(-1)
+    if not bool((counts > 0).all()):
+        raise ValueError("Every row needs at least one real token, but the attention mask has an all-zero row.")
+    first = mask.long().argmax(-1)
+    if not bool((mask.long().cumsum(-1).gather(-1, (first + counts - 1)[:, None])[:, 0] == counts).all()):
+        raise ValueError("The attention mask must mark one contiguous run of real tokens per row (left or right padding).")
+    return [row[start : start + n] for row, start, n in zip(input_ids, first.tolist(), counts.tolist())]
+
+
+def group_by_shared_prefix(rows: list[torch.Tensor], min_prefix: int | None) -> list[tuple[int, list[int]]]:
+    """Partition row indices into (shared prefix length, members) groups that save the most tokens.
+
+    Rows are sorted by their tokens, so rows with a common prefix (a rerank call's query) are neighbours, and a group
+    is a run of neighbours: its prefix is the run's common prefix, capped so that every member keeps at least one
+    token of its own. A group of k rows with prefix p saves (k - 1) * p tokens; runs are chosen by dynamic programming
+    to save the most, using only prefixes of at least ``min_prefix`` tokens (so two queries that merely start alike
+    are not merged into one short prefix when each has a longer one). Rows in no group (every row when ``min_prefix``
+    is None) form one group with prefix length 0.
+    """
+    n = len(rows)
+    if min_prefix is None or n < 2:
+        return [(0, list(range(n)))]
+    tokens = [r.tolist() for r in rows]
+    order = sorted(range(n), key=lambda i: tokens[i])
+    # limit[k]: the longest prefix sorted rows k and k + 1 can share while both keep a token of their own.
+    limit = [
+        min(common_prefix_length(tokens[a], tokens[b]), len(tokens[a]) - 1, len(tokens[b]) - 1)
+        for a, b in zip(order, order[1:])
+    ]
+    best = [0] * (n + 1)  # best[j]: most tokens saved by grouping the first j sorted rows
+    choice = [(j - 1, 0) for j in range(n + 1)]  # (start of the last group, its prefix); prefix 0 = a lone row
+    for j in range(2, n + 1):
+        best[j] = best[j - 1]
+        prefix = None
+        for i in range(j - 2, -1, -1):  # last group = sorted rows i .. j-1
+            prefix = limit[i] if prefix is None else min(prefix, limit[i])
+            if prefix < min_prefix:
+                break
+            saved = best[i] + (j - i - 1) * prefix
+            if saved > best[j]:
+                best[j], choice[j] = saved, (i, prefix)
+    groups, unshared, j = [], [], n
+    while j > 0:
+        i, prefix = choice[j]
+        if prefix:
+            groups.append((prefix, order[i:j]))
+        else:
+            unshared.extend(order[i:j])
+        j = i
+    return groups[::-1] + ([(0, sorted(unshared))] if unshared else [])
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def token_budget_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group indices into batches, longest first, so that rows x longest row <= ``max_tokens``.
+
+    A row longer than the budget gets a batch of its own. Every index appears exactly once.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        # Sorted longest first, so the first row of a batch is its longest.
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def last_token_index(attention_mask: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Scoring helpers shared by the scripts and the server: length-sorted batches under a token budget.
+"""Scoring helpers shared by the scripts and the server: batches under a token budget, grouped by query.
 
-``CrossEncoder.predict`` cuts a list into batches of a fixed number of pairs, each padded to its longest pair. For
-rerank workloads whose documents vary in length, batches built under a token budget (rows x longest row) keep every
-batch near the same cost and memory, whatever the lengths.
+``CrossEncoder.predict`` cuts a list into batches of a fixed number of pairs. Here the batches are bounded by tokens
+instead (rows x longest row), keep each query's documents together (so the model runs their shared query prefix
+once) and are length-sorted; zerank's forward then drops the padding and regroups rows by length under
+``config.max_batch_tokens``, so no compute is spent on padding.
 """
 
 from __future__ import annotations
@@ -13,26 +14,30 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from modeling_zerank import token_budget_batches  # noqa: F401  (re-exported for the scripts)
+
 # Tokens the zerank template adds around the query and the document.
 TEMPLATE_OVERHEAD_TOKENS = 13
-DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_TOKENS = 65536
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group indices into batches, longest first, so that rows x longest row <= ``max_tokens``.
+def query_grouped_batches(queries: Sequence[str], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group indices into batches of the same query's pairs (longest first) with rows x longest row <= max_tokens.
 
-    A row longer than the budget gets a batch of its own. Every index appears exactly once.
+    Keeping a query's documents together lets the model run their shared query prefix once; the model regroups each
+    batch by length internally, so the budget here only bounds the size of the tokenized batch.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
-    for index in order:
-        # Sorted longest first, so the first row of a batch is its longest.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+    longest = 0
+    for index in sorted(range(len(lengths)), key=lambda i: (queries[i], -lengths[i])):
+        longest = max(longest, lengths[index]) if batches else lengths[index]
+        if batches and (len(batches[-1]) + 1) * longest <= max_tokens:
             batches[-1].append(index)
         else:
             batches.append([index])
+            longest = lengths[index]
     return batches
 
 
@@ -55,14 +60,14 @@ def score_pairs(
     show_progress_bar: bool = False,
     **predict_kwargs,
 ) -> np.ndarray:
-    """Score pairs with a ``CrossEncoder`` in length-sorted batches under a token budget, in input order.
+    """Score pairs with a ``CrossEncoder`` in query-grouped batches under a token budget, in input order.
 
     Args:
         model: A loaded ``CrossEncoder`` (zerank or any other).
         pairs: (query, document) pairs.
         output: "score" (the model's activation: zerank's calibrated 0..1 score), "logit" (no activation: zerank's
             calibrated logit) or "raw" (zerank's raw "Yes" logit, logit x temperature + bias).
-        max_batch_tokens: Budget of one batch, rows x longest row.
+        max_batch_tokens: Budget of one tokenized batch, rows x longest row.
         show_progress_bar: Show a progress bar over batches.
         **predict_kwargs: Passed to ``CrossEncoder.predict`` (e.g. ``processing_kwargs`` for an instruction).
 
@@ -76,7 +81,8 @@ def score_pairs(
         return scores
     activation = None if output == "score" else torch.nn.Identity()
     lengths = pair_lengths(model.tokenizer, pairs, model.max_seq_length)
-    for batch in tqdm(token_budget_batches(lengths, max_batch_tokens), desc="Scoring", disable=not show_progress_bar):
+    batches = query_grouped_batches([q for q, _ in pairs], lengths, max_batch_tokens)
+    for batch in tqdm(batches, desc="Scoring", disable=not show_progress_bar):
         values = model.predict(
             [pairs[i] for i in batch], batch_size=len(batch), activation_fn=activation, show_progress_bar=False,
             **predict_kwargs,

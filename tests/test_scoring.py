@@ -4,23 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from scoring import pair_lengths, score_pairs, token_budget_batches
+from scoring import pair_lengths, query_grouped_batches, score_pairs
 
 
-def test_token_budget_batches_cover_every_index_within_budget():
-    lengths = [5, 300, 40, 40, 1000, 7, 120, 3]
-    batches = token_budget_batches(lengths, max_tokens=400)
+def test_query_grouped_batches_keep_queries_together_within_budget():
+    queries = ["b", "a", "b", "a", "a", "c", "b"]
+    lengths = [50, 10, 300, 40, 20, 500, 60]
+    batches = query_grouped_batches(queries, lengths, max_tokens=400)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for batch in batches:
-        longest = max(lengths[i] for i in batch)
-        assert len(batch) * longest <= 400 or len(batch) == 1
-        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
-    assert [4] in batches  # the row over budget is alone
+        assert len(batch) * max(lengths[i] for i in batch) <= 400 or len(batch) == 1
+    assert [1, 3, 4] not in batches and [3, 4, 1] in batches  # query "a", longest first
+    assert [5] in batches  # over budget: alone
 
 
-def test_token_budget_rejects_non_positive_budget():
+def test_query_grouped_batches_reject_non_positive_budget():
     with pytest.raises(ValueError, match="max_tokens"):
-        token_budget_batches([1, 2], 0)
+        query_grouped_batches(["q"], [1], 0)
 
 
 def test_pair_lengths_match_the_rendered_prompt(tiny_cross_encoder):

@@ -1,0 +1,123 @@
+"""Inference fast path (padding dropped, shared query prefix run once, length regrouping) equals the plain path."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from modeling_zerank import group_by_shared_prefix, real_token_rows, token_budget_batches
+
+QUERIES = ["What is the capital of France?", "How do I reset a forgotten Linux root password quickly and safely?",
+           "What is the capital of Italy?"]
+DOCS = ["Paris is the capital.", "The cat sat on the mat. " * 6, "Reboot and edit GRUB.", "x",
+        "The capital of France is Paris, a city of art.", ""]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+
+
+def encode(tokenizer, pairs, side, **template_kwargs):
+    texts = [tokenizer.apply_chat_template([{"role": "query", "content": q}, {"role": "document", "content": d}],
+                                           tokenize=False, **template_kwargs) for q, d in pairs]
+    tokenizer.padding_side = side
+    try:
+        return tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def plain_logits(model, batch):
+    with torch.enable_grad():  # gradients on: the plain, padded path
+        return model(**batch).logits.detach()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("share", [True, False])
+def test_fast_path_equals_plain_path(model, tokenizer, side, share):
+    pairs = [(q, d) for q in QUERIES for d in DOCS]
+    batch = encode(tokenizer, pairs, side)
+    with torch.inference_mode():
+        fast = model(**batch, share_prefix=share).logits
+    assert (fast - plain_logits(model, batch)).abs().max().item() <= 1e-5
+
+
+def test_instruction_and_small_budget(model, tokenizer):
+    """A budget of a few rows forces several batches per prefix group: the prefix cache is reused, not mutated."""
+    pairs = [(QUERIES[1], d) for d in DOCS * 2]
+    batch = encode(tokenizer, pairs, "left", instruction="Prefer official documentation.")
+    model.config.max_batch_tokens = 64
+    try:
+        with torch.inference_mode():
+            fast = model(**batch).logits
+            again = model(**batch).logits
+    finally:
+        model.config.max_batch_tokens = None
+    expected = plain_logits(model, batch)
+    assert (fast - expected).abs().max().item() <= 1e-5 and torch.equal(fast, again)
+
+
+def test_duplicate_rows_and_row_that_is_a_prefix_of_another(model, tokenizer):
+    pairs = [(QUERIES[0], DOCS[0]), (QUERIES[0], DOCS[0]), (QUERIES[0], DOCS[0] + " More text follows.")]
+    batch = encode(tokenizer, pairs, "right")
+    with torch.inference_mode():
+        fast = model(**batch).logits
+    assert (fast - plain_logits(model, batch)).abs().max().item() <= 1e-5
+
+
+def test_config_switch_turns_prefix_sharing_off(model, tokenizer, monkeypatch):
+    pairs = [(QUERIES[0], d) for d in DOCS]
+    batch = encode(tokenizer, pairs, "right")
+    calls = []
+    original = type(model)._prefix_keys_values
+    monkeypatch.setattr(type(model), "_prefix_keys_values", lambda self, p: calls.append(len(p)) or original(self, p))
+    with torch.inference_mode():
+        model(**batch)
+        assert len(calls) == 1 and calls[0] >= 8  # one prefix run for the whole batch
+        model.config.share_query_prefix = False
+        try:
+            model(**batch)
+        finally:
+            model.config.share_query_prefix = True
+        model(**batch, share_prefix=False)
+    assert len(calls) == 1
+
+
+def test_bf16_fast_path_within_bf16_noise(tiny_model_dir, tokenizer):
+    bf16 = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, trust_remote_code=True, dtype=torch.bfloat16).eval()
+    pairs = [(q, d) for q in QUERIES[:2] for d in DOCS]
+    batch = encode(tokenizer, pairs, "left")
+    with torch.inference_mode():
+        fast = bf16(**batch).logits
+    plain = plain_logits(bf16, batch)
+    assert (fast - plain).abs().max().item() <= 0.02 * max(1.0, plain.abs().max().item())
+
+
+def test_grouping_finds_each_query_prefix(tokenizer):
+    pairs = [(q, d) for q in QUERIES for d in DOCS]
+    batch = encode(tokenizer, pairs, "left")
+    rows = real_token_rows(batch["input_ids"], batch["attention_mask"])
+    groups = group_by_shared_prefix(rows, 8)
+    prefix_of = {q: len(tokenizer(f"<|im_start|>system\n{q}<|im_end|>\n<|im_start|>user\n").input_ids) for q in QUERIES}
+    assert sorted(len(m) for _, m in groups) == [len(DOCS)] * len(QUERIES)
+    for prefix, members in groups:
+        query = pairs[members[0]][0]
+        assert {pairs[i][0] for i in members} == {query} and prefix >= prefix_of[query]
+    assert group_by_shared_prefix(rows, None) == [(0, list(range(len(rows))))]
+
+
+def test_masks_with_holes_are_rejected():
+    with pytest.raises(ValueError, match="contiguous"):
+        real_token_rows(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 0, 1]]))
+
+
+def test_token_budget_batches_cover_every_index_within_budget():
+    lengths = [5, 300, 40, 40, 1000, 7, 120, 3]
+    batches = token_budget_batches(lengths, max_tokens=400)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 400 or len(batch) == 1
+    assert [4] in batches
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_budget_batches([1], 0)
