@@ -1,0 +1,191 @@
+"""scripts/calibrate.py: the temperature/bias fit, calibration metrics, labelled pairs, the cache and --write."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from evaluate_data import write_synthetic_beir
+from sentence_transformers import CrossEncoder
+
+import calibrate
+from beir import BM25Settings, FirstStage, load_beir
+from calibrate import (
+    MAX_TEMPERATURE,
+    calibrated_scores,
+    calibration_metrics,
+    fit_temperature_bias,
+    holdout_mask,
+    main,
+    pairs_from_beir,
+    pairs_from_jsonl,
+    precision_thresholds,
+)
+
+
+def logistic_sample(temperature, bias, n, seed):
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(bias, 3 * temperature, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(raw - bias) / temperature))).astype(float)
+    return raw, labels
+
+
+# --- fit and metrics --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature, bias", [(3.0, 2.0), (0.5, -1.5), (12.0, 6.0)])
+def test_fit_recovers_the_temperature_and_bias_of_a_logistic_model(temperature, bias):
+    raw, labels = logistic_sample(temperature, bias, 50_000, seed=1)
+    fitted_t, fitted_b = fit_temperature_bias(raw, labels)
+    assert fitted_t == pytest.approx(temperature, rel=0.05)
+    assert fitted_b == pytest.approx(bias, rel=0.05)
+
+
+def test_fitting_lowers_calibration_error_on_held_out_data():
+    raw, labels = logistic_sample(3.0, 2.0, 20_000, seed=2)
+    temperature, bias = fit_temperature_bias(raw[:10_000], labels[:10_000])
+    before = calibration_metrics(calibrated_scores(raw[10_000:], 5.0, 0.0), labels[10_000:])
+    after = calibration_metrics(calibrated_scores(raw[10_000:], temperature, bias), labels[10_000:])
+    assert after["ece"] < before["ece"] / 3
+    assert after["log_loss"] < before["log_loss"] and after["brier"] < before["brier"]
+
+
+def test_calibration_metrics_known_values():
+    y = np.array([0, 0, 1, 1.0])
+    assert calibration_metrics(y.copy(), y) == pytest.approx({"log_loss": 0.0, "brier": 0.0, "ece": 0.0}, abs=1e-9)
+    half = calibration_metrics(np.full(4, 0.5), y)
+    assert half == pytest.approx({"log_loss": math.log(2), "brier": 0.25, "ece": 0.0})
+    # Two bins: scores 0.1 (observed 0.5) and 0.9 (observed 1.0): ECE = 0.5 * 0.4 + 0.5 * 0.1.
+    skewed = calibration_metrics(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 1, 1, 1.0]))
+    assert skewed["ece"] == pytest.approx(0.25)
+    assert skewed["brier"] == pytest.approx((0.01 + 0.81 + 0.01 + 0.01) / 4)
+
+
+def test_precision_thresholds_pick_the_lowest_score_reaching_each_target():
+    p = np.array([0.95, 0.9, 0.8, 0.8, 0.6, 0.3, 0.2])
+    y = np.array([1, 1, 1, 0, 1, 0, 0.0])
+    result = precision_thresholds(p, y, targets=(0.8, 1.0))
+    assert result["1.0"] == {"threshold": 0.9, "precision": 1.0, "recall": 0.5}
+    assert result["0.8"] == {"threshold": 0.6, "precision": 0.8, "recall": 1.0}  # the 0.8 tie is kept together
+    assert precision_thresholds(p, np.zeros(7), targets=(0.5,))["0.5"] is None
+
+
+def test_fit_rejects_unusable_input_and_never_inverts_the_ranking():
+    with pytest.raises(ValueError, match="both relevant and irrelevant"):
+        fit_temperature_bias(np.arange(4.0), np.ones(4))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_temperature_bias(np.array([0.0, np.nan]), np.array([0, 1.0]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        fit_temperature_bias(np.arange(3.0), np.array([0, 2, 1.0]))
+    raw, labels = logistic_sample(2.0, 0.0, 2000, seed=3)
+    temperature, _ = fit_temperature_bias(raw, 1 - labels)  # labels opposed to the scores
+    assert temperature == pytest.approx(MAX_TEMPERATURE, rel=1e-3)
+
+
+# --- labelled pairs ---------------------------------------------------------------------------------------------
+
+def test_pairs_from_beir_take_judged_positives_and_unjudged_or_irrelevant_candidates(tmp_path):
+    folder = write_synthetic_beir(tmp_path / "beir", n_queries=6)
+    pairs = pairs_from_beir(folder, "test", FirstStage("bm25", BM25Settings(stemmer="none")), top_k=4)
+    data = load_beir(folder, "test")
+    for qid in data.judged_query_ids:
+        rows = [i for i, g in enumerate(pairs.groups) if g == qid]
+        positives = {pairs.documents[i] for i in rows if pairs.labels[i] == 1}
+        assert positives == {data.document(d) for d, g in data.qrels[qid].items() if g >= 1}
+        negatives = [pairs.documents[i] for i in rows if pairs.labels[i] == 0]
+        assert len(negatives) <= 4 and not positives & set(negatives)
+    strict = pairs_from_beir(folder, "test", FirstStage("bm25", BM25Settings(stemmer="none")), top_k=4,
+                             relevance_level=2)
+    assert strict.labels.sum() == 6  # only the grade-2 document of each query
+
+
+def test_pairs_from_jsonl_reads_both_row_formats_and_names_bad_rows(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "q1", "document": "a", "label": 2}) + "\n"
+                    + json.dumps({"query": "q1", "document": "b", "label": 0}) + "\n\n"
+                    + json.dumps({"query": "q2", "positive": "c", "negatives": ["d", "e"]}) + "\n")
+    pairs = pairs_from_jsonl(path)
+    assert pairs.pairs == [("q1", "a"), ("q1", "b"), ("q2", "c"), ("q2", "d"), ("q2", "e")]
+    assert pairs.labels.tolist() == [1, 0, 1, 0, 0] and pairs.groups == ["q1", "q1", "q2", "q2", "q2"]
+    assert pairs_from_jsonl(path, label_threshold=3).labels.tolist()[:2] == [0, 0]
+    path.write_text('{"query": "q", "doc": "x", "label": 1}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: expected"):
+        pairs_from_jsonl(path)
+
+
+def test_holdout_mask_keeps_each_query_on_one_side():
+    groups = [f"q{i // 3}" for i in range(30)]
+    mask = holdout_mask(groups, 0.3, seed=0)
+    held = {g for g, m in zip(groups, mask) if m}
+    assert mask.sum() == 9 and held.isdisjoint(g for g, m in zip(groups, mask) if not m)
+    assert (holdout_mask(groups, 0.3, seed=0) == mask).all() and not (holdout_mask(groups, 0.3, seed=1) == mask).all()
+    with pytest.raises(ValueError, match="two queries"):
+        holdout_mask(["q"] * 4, 0.5, 0)
+
+
+# --- command line on the tiny model -----------------------------------------------------------------------------
+
+@pytest.fixture()
+def labelled_jsonl(tiny_cross_encoder, tmp_path):
+    """Pairs whose labels follow a logistic model of the tiny model's own raw logits, so the fit has a signal."""
+    rng = np.random.default_rng(0)
+    queries = [f"question {i} about topic {i * 7}" for i in range(6)]
+    docs = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta", "omega", "sigma"], 8)) for _ in range(16)]
+    pairs = [(q, d) for q in queries for d in docs]
+    raw = tiny_cross_encoder.predict(pairs, activation_fn=torch.nn.Identity()) * 5.0
+    center, scale = np.median(raw), raw.std() / 3
+    labels = rng.random(len(raw)) < 1 / (1 + np.exp(-(raw - center) / scale))
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps({"query": q, "document": d, "label": int(y)}) + "\n"
+                            for (q, d), y in zip(pairs, labels)))
+    return path, pairs, raw
+
+
+def test_calibrate_cli_writes_a_config_that_scores_as_fitted_and_reuses_its_cache(
+        tiny_model_dir, labelled_jsonl, tmp_path, monkeypatch):
+    path, pairs, raw = labelled_jsonl
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    original = (model / "config.json").read_text()
+    out = tmp_path / "calib"
+    result = main(["--model", str(model), "--data", str(path), "--output-dir", str(out), "--write"])
+
+    saved = json.loads((out / "calibration.json").read_text())
+    assert saved["temperature"] == result["temperature"] and saved["bias"] == result["bias"]
+    assert 0 < saved["temperature"] < 5.0  # the labels are sharper than the default temperature
+    for part in ("before", "after"):
+        assert set(saved[part]) == {"log_loss", "brier", "ece"}
+    assert saved["fit_log_loss"]["after"] <= saved["fit_log_loss"]["before"] + 1e-12  # the fit is the minimum
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| after (T=" in (out / "calibration.md").read_text()
+    assert json.loads(next(model.glob("config.json.*.bak")).read_text()) == json.loads(original)
+
+    scores = CrossEncoder(str(model), trust_remote_code=True, device="cpu").predict(pairs)
+    expected = 1 / (1 + np.exp(-(raw.astype(np.float64) - saved["bias"]) / saved["temperature"]))
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded although its raw logits are cached")
+
+    monkeypatch.setattr(calibrate, "load_cross_encoder", no_model)
+    again = main(["--model", str(model), "--data", str(path), "--output-dir", str(out)])
+    assert again["cache"]["hit"] and again["temperature"] == pytest.approx(saved["temperature"], rel=1e-9)
+    assert again["initial"] == {"temperature": saved["temperature"], "bias": saved["bias"]}
+
+
+def test_calibrate_cli_on_a_beir_folder_and_its_argument_errors(tiny_model_dir, tmp_path):
+    folder = write_synthetic_beir(tmp_path / "beir", n_queries=6)
+    out = tmp_path / "calib"
+    result = main(["--model", str(tiny_model_dir), "--data", str(folder), "--top-k", "3", "--bm25-stemmer", "none",
+                   "--output-dir", str(out)])
+    assert result["fit"]["queries"] + result["heldout"]["queries"] == 6
+    assert result["fit"]["pairs"] + result["heldout"]["pairs"] == len(np.load(result["cache"]["file"])["raw"])
+    assert result["fit_log_loss"]["after"] <= result["fit_log_loss"]["before"] + 1e-12
+    assert not list(tiny_model_dir.glob("config.json.*.bak"))  # no --write, no change
+    with pytest.raises(SystemExit):
+        main(["--model", "org/some-hub-id", "--data", str(folder), "--output-dir", str(out), "--write"])
+    with pytest.raises(ValueError, match="BEIR folder or a .jsonl"):
+        main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "pairs.csv"), "--output-dir", str(out)])
