@@ -152,8 +152,13 @@ def make_random_base(config_path: Path, out_dir: Path, seed: int, max_shard_size
     torch.manual_seed(seed)
     config = Qwen3Config(**shape)
     config.architectures = ["Qwen3ForCausalLM"]
-    with torch.device("cpu"):
-        model = Qwen3ForCausalLM(config).to(dtype)
+    # Initialise directly in the target dtype: a 4B model in fp32 first would need twice the memory.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.save_pretrained(out_dir, max_shard_size=f"{max_shard_size_mb}MB")
     del model
     gc.collect()
