@@ -1,0 +1,601 @@
+"""Publish a built zerank folder to a Hugging Face Hub model repo: validate, upload in one commit, verify, tag.
+
+Usage:
+    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --tag v1.0 --dry-run   # what would be uploaded
+    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --tag v1.0             # publish
+    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --revision staging     # a branch (created if new)
+    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --create-pr            # open a pull request
+    HF_ENDPOINT=https://hub.internal python scripts/publish.py ...                      # or --endpoint, self-hosted
+
+The token comes from the usual huggingface_hub sources (HF_TOKEN, `hf auth login`); it is never printed or logged.
+
+Steps, each logged; nothing is uploaded unless every check passes:
+ 1. Validate the folder (every problem is listed at once): config.json maps `auto_map` to modeling_zerank;
+    modeling_zerank.py and zerank_st.py are byte-identical to this package's; weights are safetensors only (no
+    .bin/.pt/.pkl...) and hold exactly the tensors the model expects; the tokenizer files and chat_template.jinja are
+    there; README.md carries license, base_model, `pipeline_tag: text-ranking`, `library_name: sentence-transformers`
+    and tags, and its usage snippets name the target repo. Then a smoke test loads the folder with CrossEncoder
+    and scores a few pairs. --dry-run stops here and prints the files (size, regular or LFS) and the card.
+ 2. `create_repo(exist_ok=True)` (refused if --private is asked for a repo that exists and is public), create the
+    branch if --revision names a new one, then one `upload_folder` commit. The repo revision becomes a mirror of
+    the folder: remote files missing from the folder are deleted in the same commit (.gitattributes is kept).
+    An unchanged folder makes no new commit.
+ 3. Verify the exact commit: download it into a fresh cache, compare every file's sha256 with the local file,
+    load it with CrossEncoder(repo, revision=<commit>) and compare its scores with the local folder's.
+ 4. Create --tag on that commit, and print the commit id and a usage snippet pinned to it.
+
+A card whose snippets name another repo (e.g. built with the default --repo-id) is refused; --retarget-card uploads
+a copy of the card with that repo id replaced by --repo instead (the folder itself is not modified).
+Files never uploaded: build_report.json (it holds local paths), hidden files, __pycache__ and *.pyc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
+for path in (str(ROOT), str(SCRIPTS)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+logger = logging.getLogger("zerank.publish")
+
+PACKAGE_FILES = ("modeling_zerank.py", "zerank_st.py")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+NOT_UPLOADED = ("build_report.json", ".*", "*/.*", "__pycache__", "*/__pycache__", "*.pyc")
+REQUIRED_METADATA = {"pipeline_tag": "text-ranking", "library_name": "sentence-transformers"}
+# What the Hub stores with git-LFS: its default .gitattributes patterns, files of 10 MiB or more, binary files.
+LFS_PATTERNS = ("*.bin", "*.ckpt", "*.h5", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.pickle", "*.pkl", "*.pt",
+                "*.pth", "*.safetensors", "*.gz", "*.tar", "*.zip", "*.zst", "*.model", "*tfevents*")
+LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
+SNIPPET_REPO_RE = re.compile(r"""(?:CrossEncoder|from_pretrained)\(\s*["']([^"']+)["']""")
+MAX_SCORE_DIFF = 1e-6
+
+
+class PublishRefused(Exception):
+    """The folder or the target repo fails a check: nothing was uploaded."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("Refusing to publish:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class PublishArgs:
+    folder: Path
+    repo: str
+    revision: str = "main"
+    tag: str | None = None
+    private: bool = False
+    message: str | None = None
+    create_pr: bool = False
+    dry_run: bool = False
+    endpoint: str | None = None
+    retarget_card: bool = False
+    output_dir: Path | None = None
+    seed: int = 0
+
+
+@dataclass
+class PlannedFile:
+    path: str
+    size: int
+    sha256: str
+    mode: str  # "regular" or "lfs", as the Hub is expected to store it
+
+
+@dataclass
+class Progress:
+    """What has been done on the hub so far, reported if a later step fails."""
+
+    done: list[str] = field(default_factory=list)
+
+    def record(self, step: str) -> None:
+        self.done.append(step)
+        logger.info("Done: %s", step)
+
+
+def parse_args(argv: list[str] | None = None) -> PublishArgs:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="Built zerank folder (scripts/build.py --out).")
+    parser.add_argument("--repo", required=True, help="Target model repo, org/name.")
+    parser.add_argument("--revision", default="main", help="Branch to commit to (created from main if new).")
+    parser.add_argument("--tag", help="Tag to create on the verified commit (e.g. v1.0).")
+    parser.add_argument("--private", action="store_true", help="Create the repo private; refuse a public one.")
+    parser.add_argument("--message", help="Commit message (default: 'Publish zerank from <folder name>').")
+    parser.add_argument("--create-pr", action="store_true", help="Open a pull request against main, not a commit.")
+    parser.add_argument("--dry-run", action="store_true", help="Validate, show what would be uploaded, upload nothing.")
+    parser.add_argument("--endpoint", help="Hub URL for self-hosted hubs (default: $HF_ENDPOINT or huggingface.co).")
+    parser.add_argument(
+        "--retarget-card", action="store_true",
+        help="Upload the card with its repo id replaced by --repo instead of refusing a card that names another repo.",
+    )
+    parser.add_argument("--output-dir", type=Path, help="Write publish_report.json there.")
+    parser.add_argument("--seed", type=int, default=0, help="Torch seed for the smoke test and the verification.")
+    ns = parser.parse_args(argv)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", ns.repo) or "--" in ns.repo or ".." in ns.repo:
+        parser.error(f"--repo must look like org/name, got {ns.repo!r}")
+    for name, value in (("--tag", ns.tag), ("--revision", ns.revision)):
+        if value is not None and (not re.fullmatch(r"[\w.\-/]+", value) or ".." in value or value[0] in "-/."):
+            parser.error(f"{name} {value!r} is not a valid git ref name")
+    if ns.create_pr and ns.revision != "main":
+        parser.error("--create-pr opens a pull request against main: it cannot be combined with --revision")
+    if ns.create_pr and ns.tag:
+        parser.error("--tag with --create-pr would tag an unmerged pull request: tag after merging instead")
+    return PublishArgs(**vars(ns))
+
+
+# --- the upload plan ---
+
+
+def not_uploaded(relpath: str) -> bool:
+    return any(fnmatch.fnmatch(relpath, p) or fnmatch.fnmatch(relpath.split("/")[0], p) for p in NOT_UPLOADED)
+
+
+def predicted_mode(relpath: str, size: int, sample: bytes) -> str:
+    name = relpath.rsplit("/", 1)[-1]
+    lfs = any(fnmatch.fnmatch(name, p) for p in LFS_PATTERNS) or size >= LFS_SIZE_THRESHOLD or b"\0" in sample
+    return "lfs" if lfs else "regular"
+
+
+def sha256_file(path: Path, progress: tqdm | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            if progress is not None:
+                progress.update(len(block))
+    return digest.hexdigest()
+
+
+def upload_plan(folder: Path, card: str) -> tuple[list[PlannedFile], list[str]]:
+    """The files to upload (relative path, size, sha256, predicted mode) and the ones left out. README.md is
+    ``card``, the text that will be uploaded."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    relpaths = [p.relative_to(folder).as_posix() for p in files]
+    skipped = [r for r in relpaths if not_uploaded(r)]
+    kept = [(p, r) for p, r in zip(files, relpaths) if not not_uploaded(r)]
+    plan = []
+    with tqdm(total=sum(p.stat().st_size for p, _ in kept), unit="B", unit_scale=True, desc="Hashing") as bar:
+        for path, relpath in kept:
+            if relpath == "README.md":
+                data = card.encode()
+                plan.append(PlannedFile(relpath, len(data), hashlib.sha256(data).hexdigest(), "regular"))
+                continue
+            with open(path, "rb") as f:
+                sample = f.read(512)
+            size = path.stat().st_size
+            plan.append(PlannedFile(relpath, size, sha256_file(path, bar), predicted_mode(relpath, size, sample)))
+    return plan, skipped
+
+
+# --- validation ---
+
+
+def card_snippet_repos(card: str) -> list[str]:
+    return SNIPPET_REPO_RE.findall(card)
+
+
+def retarget(card: str, old: str, new: str) -> str:
+    """Replace the repo id ``old`` by ``new`` wherever it stands alone (not inside a longer id like old-small)."""
+    return re.sub(rf"(?<![\w.-]){re.escape(old)}(?![\w-]|\.\w)", new, card)
+
+
+def card_problems(card: str, repo: str) -> list[str]:
+    from huggingface_hub import ModelCard
+
+    problems = []
+    try:
+        metadata = ModelCard(card, ignore_metadata_errors=False).data.to_dict()
+    except Exception as e:  # the card's YAML block is unreadable
+        return [f"README.md: its metadata block cannot be parsed ({e})"]
+    if not metadata.get("license"):
+        problems.append("README.md metadata: no license")
+    if not metadata.get("base_model"):
+        problems.append("README.md metadata: no base_model (build with --base-model-id)")
+    for key, value in REQUIRED_METADATA.items():
+        if metadata.get(key) != value:
+            problems.append(f"README.md metadata: {key} must be {value!r}, got {metadata.get(key)!r}")
+    tags = metadata.get("tags")
+    if not isinstance(tags, list) or not tags:
+        problems.append("README.md metadata: no tags")
+    named = card_snippet_repos(card)
+    if not named:
+        problems.append("README.md: no usage snippet (CrossEncoder(...) / from_pretrained(...)) found")
+    elif set(named) != {repo}:
+        others = sorted(set(named) - {repo})
+        problems.append(
+            f"README.md: usage snippets name {others}, not {repo!r} "
+            "(rebuild with --repo-id, or pass --retarget-card to upload the card with the repo id replaced)"
+        )
+    return problems
+
+
+def weight_problems(folder: Path) -> list[str]:
+    """Safetensors weights holding exactly the tensors (names, shapes) that ZerankForSequenceClassification expects."""
+    import torch
+    from safetensors import safe_open
+
+    from modeling_zerank import ZerankConfig, ZerankForSequenceClassification
+
+    problems = []
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").exists():
+        shards = ["model.safetensors"]
+    elif index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        return problems + ["no model.safetensors or model.safetensors.index.json"]
+    missing_shards = [s for s in shards if not (folder / s).exists()]
+    if missing_shards:
+        return problems + [f"weight shards listed in the index are missing: {missing_shards}"]
+    found: dict[str, tuple[int, ...]] = {}
+    for shard in shards:
+        try:
+            with safe_open(folder / shard, framework="pt") as f:
+                found.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+        except Exception as e:  # a truncated or corrupt file
+            problems.append(f"{shard} is not a readable safetensors file ({e})")
+    if problems:
+        return problems
+    try:
+        with torch.device("meta"):
+            model = ZerankForSequenceClassification(ZerankConfig.from_pretrained(folder))
+    except Exception as e:  # an invalid config (e.g. yes_token_id outside the vocabulary)
+        return [f"config.json does not describe a valid zerank model ({type(e).__name__}: {e})"]
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if set(expected) - set(found):
+        problems.append(f"weights lack tensors the model needs: {sorted(set(expected) - set(found))[:5]}")
+    if set(found) - set(expected):
+        problems.append(f"weights hold tensors the model does not use: {sorted(set(found) - set(expected))[:5]}")
+    wrong = [f"{n} {found[n]} != {expected[n]}" for n in sorted(set(found) & set(expected)) if found[n] != expected[n]]
+    if wrong:
+        problems.append(f"tensor shapes differ from config.json: {wrong[:5]}")
+    return problems
+
+
+def folder_problems(folder: Path, repo: str, card: str | None) -> list[str]:
+    """Every static problem of the folder (the smoke test comes after). ``card`` is the README that would go up."""
+    from build import AUTO_MAP
+
+    if not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    problems = []
+    config_path = folder / "config.json"
+    config = {}
+    if not config_path.exists():
+        problems.append("config.json is missing")
+    else:
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            problems.append(f"config.json is not valid JSON ({e})")
+    if config:
+        if config.get("model_type") != "zerank":
+            problems.append(f"config.json: model_type must be 'zerank', got {config.get('model_type')!r}")
+        auto_map = config.get("auto_map") or {}
+        for key, value in AUTO_MAP.items():
+            if auto_map.get(key) != value:
+                problems.append(f"config.json: auto_map[{key!r}] must be {value!r}, got {auto_map.get(key)!r}")
+    for name in PACKAGE_FILES:
+        if not (folder / name).exists():
+            problems.append(f"{name} is missing (remote code: the hub copy is what users run)")
+        elif (folder / name).read_bytes() != (ROOT / name).read_bytes():
+            problems.append(f"{name} differs from this package's {ROOT / name} (rebuild the folder)")
+    modules = folder / "modules.json"
+    if not modules.exists() or "zerank_st.ZerankTransformer" not in modules.read_text():
+        problems.append("modules.json is missing or does not load zerank_st.ZerankTransformer")
+    for name in (*TOKENIZER_FILES, "chat_template.jinja"):
+        if not (folder / name).exists():
+            problems.append(f"{name} is missing")
+    unsafe = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in UNSAFE_WEIGHT_SUFFIXES)
+    if unsafe:
+        problems.append(f"pickle-based weight files are not published (safetensors only): {unsafe}")
+    if card is None:
+        problems.append("README.md (the model card) is missing")
+    else:
+        problems += card_problems(card, repo)
+    if config and not any(p.startswith("config.json") for p in problems):
+        problems += weight_problems(folder)
+    return problems
+
+
+def score_folder(source: str, seed: int, **kwargs):
+    """Load with CrossEncoder (remote code) and score the smoke pairs: float32 array, in input order."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from build import VERIFY_PAIRS
+    from scoring import score_pairs
+
+    torch.manual_seed(seed)
+    model = CrossEncoder(source, trust_remote_code=True, device="cpu", **kwargs)
+    scores = score_pairs(model, VERIFY_PAIRS)
+    del model
+    gc.collect()
+    return scores
+
+
+def smoke_test(folder: Path, seed: int):
+    """Scores of the smoke pairs, or PublishRefused when loading or scoring fails or gives non-finite / out-of-range
+    scores."""
+    import numpy as np
+
+    try:
+        scores = score_folder(str(folder), seed)
+    except Exception as e:
+        raise PublishRefused([f"smoke test: loading and scoring with CrossEncoder failed: {type(e).__name__}: {e}"])
+    if not (np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
+        raise PublishRefused([f"smoke test: scores must be finite and in [0, 1], got {scores.tolist()}"])
+    return scores
+
+
+def prepare_card(folder: Path, repo: str, retarget_card: bool) -> str | None:
+    """README.md as it will be uploaded: the folder's, or retargeted to ``repo`` with --retarget-card."""
+    path = folder / "README.md"
+    if not path.exists():
+        return None
+    card = path.read_text()
+    named = set(card_snippet_repos(card))
+    if retarget_card and len(named) == 1 and named != {repo}:
+        (old,) = named
+        logger.info("Retargeting the card from %s to %s (the folder's README.md is not modified)", old, repo)
+        card = retarget(card, old, repo)
+    return card
+
+
+def stage(folder: Path, plan: list[PlannedFile], card: str, dest: Path) -> Path:
+    """A folder of symlinks to exactly the planned files, with the card as it will be uploaded."""
+    for item in plan:
+        target = dest / item.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item.path == "README.md":
+            target.write_text(card)
+        else:
+            target.symlink_to((folder / item.path).resolve())
+    return dest
+
+
+# --- hub steps ---
+
+
+def check_endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    if endpoint and constants.ENDPOINT != endpoint.rstrip("/"):
+        raise RuntimeError(
+            f"huggingface_hub was imported with HF_ENDPOINT={constants.ENDPOINT}, not {endpoint}: set HF_ENDPOINT "
+            "before importing it (the CLI does), so that downloads and remote code use the same hub."
+        )
+    return constants.ENDPOINT
+
+
+def verify_commit(api, args: PublishArgs, commit: str, plan: list[PlannedFile], local_scores) -> dict:
+    """Download ``commit`` into a fresh cache, compare sha256 of every file and the CrossEncoder scores."""
+    import numpy as np
+    from huggingface_hub import snapshot_download
+
+    with tempfile.TemporaryDirectory(prefix="zerank-verify-") as cache:
+        logger.info("Verifying commit %s: downloading it into a fresh cache", commit)
+        snapshot = Path(snapshot_download(args.repo, revision=commit, cache_dir=cache, endpoint=api.endpoint))
+        remote = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+        expected = {item.path for item in plan}
+        problems = []
+        if expected - remote:
+            problems.append(f"files missing from the commit: {sorted(expected - remote)}")
+        if remote - expected - {".gitattributes"}:
+            problems.append(f"unexpected files in the commit: {sorted(remote - expected - {'.gitattributes'})}")
+        for item in tqdm(plan, desc="Checking sha256", unit="file"):
+            if item.path in remote and sha256_file(snapshot / item.path) != item.sha256:
+                problems.append(f"{item.path}: sha256 of the hub copy differs from the local file")
+        if problems:
+            raise RuntimeError("Verification failed:\n" + "\n".join(f"  - {p}" for p in problems))
+        logger.info("All %d files match their local sha256; loading the commit with CrossEncoder", len(plan))
+        hub_scores = score_folder(args.repo, args.seed, revision=commit, cache_folder=cache)
+    diff = float(np.abs(hub_scores - local_scores).max())
+    if not diff <= MAX_SCORE_DIFF:
+        raise RuntimeError(f"Verification failed: hub scores {hub_scores.tolist()} != local {local_scores.tolist()}")
+    return {"files_checked": len(plan), "max_abs_score_diff": diff, "scores": hub_scores.tolist()}
+
+
+def pinned_snippet(repo: str, commit: str, endpoint: str) -> str:
+    lines = ["from sentence_transformers import CrossEncoder", ""]
+    from huggingface_hub import constants
+
+    if endpoint != constants._HF_DEFAULT_ENDPOINT:
+        lines.insert(0, f"# with HF_ENDPOINT={endpoint}")
+    lines.append(f'model = CrossEncoder("{repo}", revision="{commit}", trust_remote_code=True)')
+    return "\n".join(lines)
+
+
+def print_dry_run(args: PublishArgs, plan: list[PlannedFile], skipped: list[str], card: str) -> None:
+    print(f"\nDry run: would publish {args.folder} to {args.repo}@{args.revision}"
+          + (f" and tag {args.tag}" if args.tag else "") + (" as a pull request" if args.create_pr else ""))
+    print(f"\n{'file':<45} {'size':>12}  storage (predicted)")
+    for item in plan:
+        print(f"{item.path:<45} {item.size:>12,}  {item.mode.upper() if item.mode == 'lfs' else item.mode}")
+    total = sum(item.size for item in plan)
+    print(f"{len(plan)} files, {total:,} bytes ({sum(i.mode == 'lfs' for i in plan)} LFS)")
+    if skipped:
+        print(f"not uploaded: {skipped}")
+    print("\n--- README.md (model card) as it would be uploaded ---")
+    print(card)
+    print("--- end of card ---\nDry run: nothing was uploaded.")
+
+
+@dataclass
+class RemoteState:
+    exists: bool
+    branches: dict[str, str] = field(default_factory=dict)  # name -> commit
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def authenticate(endpoint: str):
+    """An HfApi for ``endpoint`` whose token (from the usual sources) the hub accepts; the token is never shown."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if get_token() is None:
+        raise PublishRefused(["no Hugging Face token: set HF_TOKEN or run `hf auth login`"])
+    api = HfApi(endpoint=endpoint)
+    try:
+        user = api.whoami()["name"]
+    except HfHubHTTPError as e:
+        raise PublishRefused([f"{endpoint} rejected the token: {e}"])
+    logger.info("Authenticated on %s as %s", endpoint, user)
+    return api
+
+
+def preflight(api, args: PublishArgs) -> RemoteState:
+    """Read-only checks of the target repo, so that nothing is written when the publish cannot complete."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        info = api.repo_info(args.repo)
+    except RepositoryNotFoundError:
+        logger.info("%s does not exist yet: it will be created %s", args.repo, "private" if args.private else "public")
+        return RemoteState(exists=False)
+    if args.private and not info.private:
+        raise PublishRefused([f"--private was asked but {args.repo} already exists and is public"])
+    refs = api.list_repo_refs(args.repo)
+    state = RemoteState(
+        True, {r.name: r.target_commit for r in refs.branches}, {r.name: r.target_commit for r in refs.tags}
+    )
+    problems = []
+    if args.revision in state.tags and args.revision not in state.branches:
+        problems.append(f"--revision {args.revision} is a tag; commits go to branches")
+    if args.tag in state.tags and state.tags[args.tag] != state.branches.get(args.revision):
+        problems.append(f"tag {args.tag} already exists on commit {state.tags[args.tag]}; tags are not moved")
+    if problems:
+        raise PublishRefused(problems)
+    return state
+
+
+def publish(args: PublishArgs) -> dict:
+    """Validate, then (unless dry run) upload, verify and tag. Raises PublishRefused before any write to the hub."""
+    folder = args.folder
+    card = prepare_card(folder, args.repo, args.retarget_card) if folder.is_dir() else None
+    logger.info("Validating %s for %s", folder, args.repo)
+    problems = folder_problems(folder, args.repo, card)
+    if problems:
+        raise PublishRefused(problems)
+    api = state = None
+    if not args.dry_run:  # fail fast on credentials and the repo before the (slow, for a big model) smoke test
+        api = authenticate(check_endpoint(args.endpoint))
+        state = preflight(api, args)
+    logger.info("Smoke test: loading %s with CrossEncoder", folder)
+    local_scores = smoke_test(folder, args.seed)
+    logger.info("Smoke test passed: scores %s", [round(float(s), 6) for s in local_scores])
+    plan, skipped = upload_plan(folder, card)
+    report = {"repo": args.repo, "revision": args.revision, "dry_run": args.dry_run,
+              "files": [asdict(item) for item in plan], "not_uploaded": skipped,
+              "local_scores": local_scores.tolist()}
+    if args.dry_run:
+        print_dry_run(args, plan, skipped, card)
+        return report
+
+    report["endpoint"] = api.endpoint
+    progress = Progress()
+    try:
+        return _publish_to_hub(api, args, state, plan, card, local_scores, report, progress)
+    except Exception as e:
+        done = "\n".join(f"  - {step}" for step in progress.done) or "  - nothing"
+        raise RuntimeError(
+            f"Publishing stopped: {type(e).__name__}: {e}\nDone before the failure:\n{done}\n"
+            "Steps after the failure were not run (no tag was created unless listed above). Re-running the same "
+            "command is safe: unchanged files are not uploaded again and an existing commit is verified again."
+        ) from e
+
+
+def _publish_to_hub(api, args: PublishArgs, state: RemoteState, plan, card, local_scores, report, progress) -> dict:
+    url = api.create_repo(args.repo, private=args.private, exist_ok=True)
+    if not state.exists:
+        progress.record(f"repo {url} created")
+        refs = api.list_repo_refs(args.repo)
+        state.branches = {ref.name: ref.target_commit for ref in refs.branches}
+    if args.revision not in state.branches:
+        api.create_branch(args.repo, branch=args.revision)
+        state.branches[args.revision] = api.repo_info(args.repo, revision=args.revision).sha
+        progress.record(f"branch {args.revision} created from main")
+    head_before = state.branches[args.revision]
+
+    with tempfile.TemporaryDirectory(prefix="zerank-publish-") as tmp:
+        staged = stage(args.folder, plan, card, Path(tmp))
+        logger.info("Uploading %d files to %s@%s in one commit", len(plan), args.repo, args.revision)
+        commit_info = api.upload_folder(
+            repo_id=args.repo, folder_path=staged, revision=args.revision, create_pr=args.create_pr,
+            commit_message=args.message or f"Publish zerank from {args.folder.name}", delete_patterns="*",
+        )
+    commit = commit_info.oid
+    new_commit = commit != head_before
+    if new_commit:
+        target = commit_info.pr_url or f"{args.repo}@{args.revision}"
+        progress.record(f"commit {commit} uploaded to {target} ({commit_info.commit_url})")
+    else:
+        progress.record(f"no new commit: {args.repo}@{args.revision} already holds this folder (commit {commit})")
+    report.update(commit=commit, new_commit=new_commit, pr_url=commit_info.pr_url, commit_url=commit_info.commit_url)
+    report["verification"] = verify_commit(api, args, commit, plan, local_scores)
+    progress.record(f"commit {commit} verified (sha256 of {len(plan)} files, CrossEncoder scores)")
+
+    if args.tag:
+        if state.tags.get(args.tag) == commit:
+            logger.info("Tag %s already points to %s", args.tag, commit)
+        elif args.tag in state.tags:
+            raise RuntimeError(f"tag {args.tag} already exists on commit {state.tags[args.tag]}, not on {commit}")
+        else:
+            api.create_tag(args.repo, tag=args.tag, revision=commit, tag_message=args.message)
+            progress.record(f"tag {args.tag} created on {commit}")
+        report["tag"] = args.tag
+    report["usage"] = pinned_snippet(args.repo, commit, api.endpoint)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.endpoint:
+        # Read by huggingface_hub at import, which happens below (validation, uploads, remote-code loading).
+        os.environ["HF_ENDPOINT"] = args.endpoint
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        report = publish(args)
+    except PublishRefused as e:
+        logger.error("%s\nNothing was uploaded.", e)
+        return 2
+    except RuntimeError as e:
+        logger.error("%s", e)
+        return 1
+    if args.output_dir:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "publish_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not args.dry_run:
+        state = "new commit" if report["new_commit"] else "unchanged, no new commit"
+        print(f"\nPublished {args.repo}@{args.revision}: commit {report['commit']} ({state})")
+        if report.get("pr_url"):
+            print(f"Pull request: {report['pr_url']}")
+        if report.get("tag"):
+            print(f"Tag: {report['tag']}")
+        print(f"Verified: {report['verification']['files_checked']} files by sha256, scores equal "
+              f"(max |diff| {report['verification']['max_abs_score_diff']:.1e})")
+        print(f"\nUse it pinned to this commit (remote code runs from the hub):\n\n{report['usage']}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
