@@ -118,14 +118,15 @@ def export_weights(src: Path, out: Path, temperature: float) -> dict[str, int]:
     if "score.weight" not in weight_map:
         raise KeyError(f"{src} has no score.weight: it is not a zerank checkpoint.")
     files: dict[str, int] = {}
+    # safe_open handles are not iterable: hence f.keys() below.
     for file_name in tqdm(sorted(set(weight_map.values())), desc="Writing weights", unit="file"):
         if weight_map["score.weight"] != file_name:
             shutil.copy2(src / file_name, out / file_name)
             with safe_open(out / file_name, framework="pt") as f:
-                files[file_name] = sum(_nbytes(f.get_slice(name)) for name in f.keys())
+                files[file_name] = sum(_nbytes(f.get_slice(name)) for name in f.keys())  # noqa: SIM118
             continue
         with safe_open(src / file_name, framework="pt") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
         tensors["score.weight"] = tensors["score.weight"].to(torch.float32) / temperature
         save_file(tensors, out / file_name, metadata={"format": "pt"})
         files[file_name] = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -133,7 +134,8 @@ def export_weights(src: Path, out: Path, temperature: float) -> dict[str, int]:
         gc.collect()
     index = src / "model.safetensors.index.json"
     if index.exists():
-        data = {"metadata": {"total_size": sum(files.values())}, "weight_map": json.loads(index.read_text())["weight_map"]}
+        weight_map_json = json.loads(index.read_text())["weight_map"]
+        data = {"metadata": {"total_size": sum(files.values())}, "weight_map": weight_map_json}
         (out / index.name).write_text(json.dumps(data, indent=2) + "\n")
     return files
 

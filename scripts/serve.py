@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -359,8 +360,6 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
 
     The scoring worker starts and stops with the application's lifespan.
     """
-    from contextlib import asynccontextmanager
-
     engine = RerankEngine(model if model is not None else load_model(config), config)
 
     @asynccontextmanager

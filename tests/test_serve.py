@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import zeroentropy
@@ -102,9 +103,8 @@ def test_empty_documents_give_empty_results(server_url):
 def test_bearer_token_is_required(server_url):
     with pytest.raises(zeroentropy.AuthenticationError, match="API key"):
         sdk(server_url, api_key="wrong").models.rerank(model="zerank-1", query=QUERY, documents=DOCUMENTS)
-    import httpx
-
-    assert httpx.post(f"{server_url}{RERANK_PATH}", json={"model": "m", "query": "q", "documents": []}).status_code == 401
+    body = {"model": "m", "query": "q", "documents": []}
+    assert httpx.post(f"{server_url}{RERANK_PATH}", json=body).status_code == 401
     health = httpx.get(f"{server_url}/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
@@ -119,7 +119,8 @@ def test_concurrent_clients_get_their_own_results(server_url, tiny_cross_encoder
 
     clients, per_client = 8, 20
     requests = [
-        [(f"client {c} request {r}: {text(rng.randint(1, 8))}", [text(rng.randint(0, 60)) for _ in range(rng.randint(1, 6))])
+        [(f"client {c} request {r}: {text(rng.randint(1, 8))}",
+          [text(rng.randint(0, 60)) for _ in range(rng.randint(1, 6))])
          for r in range(per_client)]
         for c in range(clients)
     ]
@@ -136,7 +137,7 @@ def test_concurrent_clients_get_their_own_results(server_url, tiny_cross_encoder
         except Exception as exc:  # surfaced below, with the client that failed
             errors.append((c, exc))
 
-    before = sdk(server_url)._client.get(f"{server_url}/health").json()
+    before = httpx.get(f"{server_url}/health").json()
     threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
@@ -147,7 +148,7 @@ def test_concurrent_clients_get_their_own_results(server_url, tiny_cross_encoder
     for key, scores in results.items():
         assert sorted(scores) == list(range(len(expected[key])))
         np.testing.assert_allclose([scores[i] for i in range(len(scores))], expected[key], atol=1e-5, rtol=0)
-    after = sdk(server_url)._client.get(f"{server_url}/health").json()
+    after = httpx.get(f"{server_url}/health").json()
     assert after["requests_scored"] - before["requests_scored"] == clients * per_client
     assert after["scoring_rounds"] - before["scoring_rounds"] <= clients * per_client
 
@@ -162,8 +163,8 @@ def short_context_model(tiny_model_dir):
 
 
 def limited_client(model, **overrides) -> TestClient:
-    settings = dict(api_key=KEY, served_model_names=["zerank-tiny"], max_documents=4, max_request_bytes=2000,
-                    max_document_tokens=8)
+    settings = {"api_key": KEY, "served_model_names": ["zerank-tiny"], "max_documents": 4,
+                "max_request_bytes": 2000, "max_document_tokens": 8}
     config = ServeConfig(model="tiny", **(settings | overrides))
     return TestClient(create_app(config, model=model), headers={"Authorization": f"Bearer {KEY}"})
 
@@ -291,8 +292,6 @@ def test_command_line_server_round_trip(tiny_model_dir, tiny_cross_encoder):
          "--api-key", KEY, "--log-level", "warning"],
     )
     try:
-        import httpx
-
         deadline = time.monotonic() + 180
         while True:
             assert process.poll() is None, "the server exited"
