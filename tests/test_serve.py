@@ -153,6 +153,21 @@ def test_concurrent_clients_get_their_own_results(server_url, tiny_cross_encoder
     assert after["scoring_rounds"] - before["scoring_rounds"] <= clients * per_client
 
 
+def test_bench_serve_measures_every_request(server_url):
+    from bench_serve import make_workload, run_level, summarize
+
+    bodies = make_workload(6, documents=3, document_words=(0, 30), query_words=4, seed=1)
+    assert bodies == make_workload(6, documents=3, document_words=(0, 30), query_words=4, seed=1)
+    level = run_level(server_url, KEY, bodies, concurrency=3, progress=False)
+    assert level["concurrency"] == 3 and level["requests"] == 6
+    assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["max_ms"]
+    with pytest.raises(RuntimeError, match="401"):
+        run_level(server_url, "wrong", bodies[:1], concurrency=1, progress=False)
+    summary = summarize([0.01 * i for i in range(1, 101)], wall=4.0)
+    assert summary["requests_per_s"] == 25.0
+    assert summary["p50_ms"] == pytest.approx(505.0) and summary["p95_ms"] == pytest.approx(950.5)
+
+
 # --- limits and errors (in-process, through FastAPI's TestClient) ---
 
 
