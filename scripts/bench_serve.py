@@ -185,6 +185,10 @@ def started_server(model: Path, api_key: str, max_batch_tokens: int | None, time
 
 def ensure_model(model: Path) -> Path:
     if (model / "config.json").exists():
+        copied = model / "modeling_zerank.py"
+        if copied.exists() and copied.read_bytes() != (ROOT / "modeling_zerank.py").read_bytes():
+            logger.warning("%s was built with another modeling_zerank.py than this checkout's: the benchmark measures "
+                           "that copy (delete the folder to rebuild the default tiny model).", model)
         return model
     if model != ROOT / "build" / "tiny":
         raise FileNotFoundError(f"--model {model} has no config.json (only the default build/tiny is built here).")
