@@ -174,7 +174,7 @@ def upload_plan(folder: Path, card: str) -> tuple[list[PlannedFile], list[str]]:
     with tqdm(total=sum(p.stat().st_size for p, _ in kept), unit="B", unit_scale=True, desc="Hashing") as bar:
         for path, relpath in kept:
             if relpath == "README.md":
-                data = card.encode()
+                data = card.encode("utf-8")
                 plan.append(PlannedFile(relpath, len(data), hashlib.sha256(data).hexdigest(), "regular"))
                 continue
             with open(path, "rb") as f:
@@ -350,7 +350,7 @@ def prepare_card(folder: Path, repo: str, retarget_card: bool) -> str | None:
     path = folder / "README.md"
     if not path.exists():
         return None
-    card = path.read_text()
+    card = path.read_text(encoding="utf-8")
     named = set(card_snippet_repos(card))
     if retarget_card and len(named) == 1 and named != {repo}:
         (old,) = named
@@ -365,7 +365,7 @@ def stage(folder: Path, plan: list[PlannedFile], card: str, dest: Path) -> Path:
         target = dest / item.path
         target.parent.mkdir(parents=True, exist_ok=True)
         if item.path == "README.md":
-            target.write_text(card)
+            target.write_text(card, encoding="utf-8")
         else:
             target.symlink_to((folder / item.path).resolve())
     return dest
