@@ -5,8 +5,9 @@ model into build/tiny first if it is missing), sends the same seeded synthetic w
 a table and writes ``bench_serve.json`` to --output-dir. With --url it measures a server that is already running.
 
 Each request has one query and --documents documents whose lengths are drawn uniformly from --document-words
-(words of a small vocabulary, about 1.3 tokens each). Latency is measured by the client, from sending the request
-to reading the whole response; requests/s is completed requests over the wall time of the level.
+(words of a small vocabulary, one token each). Latency is measured by the client, from sending the request
+to reading the whole response; requests/s is completed requests over the wall time of the level; req/round is how
+many requests the server merged into one scoring round on average (from its /health counters).
 
 Usage:
     python scripts/bench_serve.py                                  # tiny model, concurrency 1, 4 and 16
@@ -209,8 +210,14 @@ def benchmark(url: str, api_key: str | None, args: argparse.Namespace) -> dict:
     levels = []
     offset = args.warmup
     for concurrency in args.concurrency:
-        levels.append(run_level(url, api_key, bodies[offset : offset + args.requests], concurrency))
+        level = run_level(url, api_key, bodies[offset : offset + args.requests], concurrency)
         offset += args.requests
+        after = httpx.get(f"{url}/health", timeout=30).json()
+        # Requests merged per scoring round by the server's worker (1.0: no batching across requests).
+        rounds = after["scoring_rounds"] - health["scoring_rounds"]
+        level["requests_per_round"] = (after["requests_scored"] - health["requests_scored"]) / max(rounds, 1)
+        levels.append(level)
+        health = after
     return {
         "server": health,
         "workload": {"requests_per_level": args.requests, "documents_per_request": args.documents,
@@ -235,10 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['server']['model']} on {report['server']['device']} ({report['server']['dtype']}), "
           f"{args.documents} documents/request")
-    print(f"{'concurrency':>11} {'req/s':>8} {'docs/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'concurrency':>11} {'req/s':>8} {'docs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/round':>9}")
     for level in report["levels"]:
         print(f"{level['concurrency']:>11} {level['requests_per_s']:>8.1f} "
-              f"{level['requests_per_s'] * args.documents:>8.0f} {level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f}")
+              f"{level['requests_per_s'] * args.documents:>8.0f} {level['p50_ms']:>8.1f} {level['p95_ms']:>8.1f} "
+              f"{level['requests_per_round']:>9.2f}")
     logger.info("Wrote %s", path)
     return report
 
