@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from build import ROOT, BuildArgs, build, default_tokenizer_dir
+from build import MODELING_FILE, ROOT, ST_MODULE_FILE, BuildArgs, build, default_tokenizer_dir
 
 QUERY = "What is 2+2?"
 DOCUMENTS = ["4", "The answer is definitely 1 million"]
@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    if not (args.out / "config.json").exists():
+    # (Re)build unless the folder already carries this checkout's remote code.
+    stale = [f for f in (MODELING_FILE, ST_MODULE_FILE)
+             if not (args.out / f.name).exists() or (args.out / f.name).read_bytes() != f.read_bytes()]
+    if stale or not (args.out / "config.json").exists():
         tokenizer = args.tokenizer or default_tokenizer_dir()
         build(BuildArgs(out=args.out, random=ROOT / "config" / "tiny.json", tokenizer=str(tokenizer),
                         repo_id="zerank-tiny-demo", overwrite=True))
