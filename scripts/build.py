@@ -351,13 +351,18 @@ def verify(base_dir: Path, out_dir: Path, pairs=VERIFY_PAIRS) -> float:
     return float((raw - expected).abs().max())
 
 
-def build(args: BuildArgs) -> dict:
-    out = args.out
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """Create ``out``; an existing non-empty folder is replaced only with ``overwrite``."""
     if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
+        if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it.")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def build(args: BuildArgs) -> dict:
+    out = args.out
+    prepare_output_dir(out, args.overwrite)
 
     with tempfile.TemporaryDirectory(prefix="zerank-random-base-") as tmp:
         if args.random is not None:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from build import VERIFY_PAIRS, ZERANK_FIELDS, base_weight_map, rendered_prompts  # noqa: E402
+from build import VERIFY_PAIRS, ZERANK_FIELDS, base_weight_map, prepare_output_dir, rendered_prompts  # noqa: E402
 
 logger = logging.getLogger("zerank.export_vllm")
 
@@ -234,11 +234,7 @@ def export(args: ExportArgs) -> dict:
             f"sigmoid(calibrated logit + {bias / temperature:.6g})."
         )
     out = args.out
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, args.overwrite)
 
     tokenizer = write_tokenizer(src, out)
     config = make_qwen3_config(raw, tokenizer.pad_token_id)
