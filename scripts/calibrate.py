@@ -207,7 +207,8 @@ def fit_temperature_bias(raw: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     if result.x[0] <= scale / MAX_TEMPERATURE * (1 + 1e-6):
         logger.warning("The scores show no positive relation to the labels; the temperature is held at %g.",
                        MAX_TEMPERATURE)
-    return float(1.0 / slope), float(-intercept / slope)
+    # Six significant digits: the config and the model card stay readable, scores move by < 1e-6.
+    return float(f"{1.0 / slope:.6g}"), float(f"{-intercept / slope:.6g}")
 
 
 def calibration_metrics(p: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, float]:
@@ -278,7 +279,8 @@ def reliability_diagram(path: Path, labels: np.ndarray, curves: dict[str, np.nda
 def calibration_markdown(result: dict) -> str:
     """A few lines for the model card's calibration section."""
     before, after, held = result["before"], result["after"], result["heldout"]
-    header = (f"Fitted by `scripts/calibrate.py` on {result['fit']['pairs']} labelled pairs of {result['data']} "
+    header = (f"Fitted by `{result.get('fitted_by', 'scripts/calibrate.py')}` on {result['fit']['pairs']} labelled "
+              f"pairs of {result['data']} "
               f"(minimum log loss of sigmoid((raw - b) / T)); on {held['pairs']} held-out pairs:")
     rows = [(f"before (T={result['initial']['temperature']:.4g}, b={result['initial']['bias']:.4g})", before),
             (f"after (T={result['temperature']:.4g}, b={result['bias']:.4g})", after)]
