@@ -421,6 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--gradient-accumulation-steps", type=int, default=1, help="Steps accumulated per update.")
     train.add_argument("--warmup-ratio", type=float, default=0.1, help="Share of the steps spent warming up.")
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
+    train.add_argument("--optim", default="adamw_torch",
+                       help="transformers optimizer name (adamw_torch, adamw_torch_fused, adafactor, "
+                            "adamw_8bit with bitsandbytes, ...).")
     train.add_argument("--max-length", type=int, default=1024,
                        help="Cut training pairs to this many tokens (the saved model keeps its own context).")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -499,10 +502,11 @@ def training_arguments(ns: argparse.Namespace, steps_hint: int, has_evaluator: b
         learning_rate=ns.learning_rate,
         warmup_steps=ns.warmup_ratio,
         weight_decay=ns.weight_decay,
+        optim=ns.optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=ns.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
+        activation_checkpointing=ns.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if ns.gradient_checkpointing else None,
         eval_strategy="steps" if has_evaluator else "no",
         eval_steps=every,
         save_strategy="steps",
@@ -622,8 +626,6 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model.save_pretrained(str(final))
         report["package_files_added"] = complete_package(final)
-    report["wall_time_s"] = time.perf_counter() - began
-    report["memory"] = peak_memory()
     write_model_card(final, model, ns, start, report)
 
     # The saved folder must score as the in-memory model does.
@@ -634,6 +636,8 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("Reloaded %s: max |logit difference| %.3g", final, report["reload_max_abs_diff"])
     (out / "probe.json").write_text(json.dumps({"pairs": probe, "logits": expected.tolist()}) + "\n")
 
+    report["wall_time_s"] = time.perf_counter() - began
+    report["memory"] = peak_memory()
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     logger.info("NDCG@10 on the held-out queries: %.4f -> %.4f (first stage %.4f); T=%.4g b=%.4g; wrote %s",
                 report["before"]["ndcg@10"], report["after"]["ndcg@10"], report["first_stage"]["ndcg@10"],

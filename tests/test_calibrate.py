@@ -83,6 +83,8 @@ def test_fit_rejects_unusable_input_and_never_inverts_the_ranking():
     raw, labels = logistic_sample(2.0, 0.0, 2000, seed=3)
     temperature, _ = fit_temperature_bias(raw, 1 - labels)  # labels opposed to the scores
     assert temperature == pytest.approx(MAX_TEMPERATURE, rel=1e-3)
+    separated = fit_temperature_bias(np.array([0.0, 1, 2, 3, 10, 11, 12, 13]), np.array([0, 0, 0, 0, 1, 1, 1, 1.0]))
+    assert 0 < separated[0] < 10 and 3 < separated[1] < 10  # finite, with the boundary between the classes
 
 
 # --- labelled pairs ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def finetuned(synthetic, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "run"
     report = main(["--model", str(tiny_model_dir), "--data", str(synthetic), "--output-dir", str(out),
                    "--loss", "ranknet", "--max-steps", "16", "--learning-rate", "3e-3", "--batch-size", "4",
-                   "--freeze-embeddings", "--eval-steps", "8", *FAST])
+                   "--freeze-embeddings", "--eval-steps", "16", *FAST])
     return report, out
 
 
@@ -151,7 +151,7 @@ def test_jsonl_data_with_a_listwise_loss(tiny_model_dir, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(tmp_path / "out"),
                    "--loss", "lambda", "--batch-size", "2", "--max-steps", "2", "--holdout-fraction", "0.25",
-                   "--eval-steps", "100", *FAST])
+                   "--eval-steps", "100", "--gradient-checkpointing", *FAST])
     assert report["data"]["train_queries"] == 9 and report["data"]["heldout_queries"] == 3
     assert set(report["after"]) == {"ndcg@10", "mrr@10", "recall@10", "recall@100"}
     assert (tmp_path / "out" / "final" / "config.json").exists()
