@@ -30,6 +30,10 @@ class ZerankTransformer(Transformer):
         return min(self.model.config.max_query_tokens, max(1, (self.max_seq_length or 2**31) // 2))
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
+        if kwargs.get("task") and inputs and all(isinstance(item, str) for item in inputs):
+            # Single texts with a task come from sentence-transformers' dataset statistics (token counts for the
+            # model card); they are tokenized without the template and are never scored.
+            return dict(self.tokenizer(list(inputs), padding=True, truncation=True, return_tensors="pt"))
         pairs = [_check_pair(item, i) for i, item in enumerate(inputs)]
         return super().preprocess(self._cap_queries(pairs), prompt=prompt, **kwargs)
 

@@ -467,22 +467,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ns
 
 
-def zerank_trainer_class():
-    """CrossEncoderTrainer without sentence-transformers' model-card callback.
-
-    That callback tokenizes each text column on its own (a query alone, a document alone), which zerank's input
-    module rejects (it takes (query, document) pairs only); the final package gets zerank's own model card instead.
-    sentence-transformers documents overriding ``add_model_card_callback`` for this.
-    """
-    from sentence_transformers.cross_encoder import CrossEncoderTrainer
-
-    class ZerankTrainer(CrossEncoderTrainer):
-        def add_model_card_callback(self, default_args_dict):
-            pass
-
-    return ZerankTrainer
-
-
 def training_arguments(ns: argparse.Namespace, steps_hint: int, has_evaluator: bool):
     import torch
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
@@ -526,6 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
     from accelerate import PartialState
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
     from transformers import set_seed
 
@@ -585,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps_hint = ns.max_steps if ns.max_steps > 0 else int(ns.epochs * np.ceil(len(train_dataset) / rows_per_step))
     args = training_arguments(ns, steps_hint, evaluator is not None)
     loss = make_loss(ns.loss, model, ns.mini_batch_size)
-    trainer = zerank_trainer_class()(model=model, args=args, train_dataset=train_dataset, loss=loss,
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                      evaluator=evaluator)
     resume = None if ns.resume is None else (True if ns.resume == "latest" else ns.resume)
     train_began = time.perf_counter()

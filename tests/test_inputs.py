@@ -100,3 +100,11 @@ def test_all_padding_row_is_rejected(tiny_cross_encoder):
     mask = torch.tensor([[1, 1, 1], [0, 0, 0]])
     with pytest.raises(ValueError, match="all-zero row"):
         tiny_cross_encoder.model(input_ids=ids, attention_mask=mask)
+
+
+def test_single_texts_are_counted_not_scored(tiny_cross_encoder):
+    """sentence-transformers' dataset statistics (the trainer's model card) tokenize single columns with a task."""
+    features = tiny_cross_encoder.preprocess(["a query", "a longer document text"], task="document")
+    assert features["attention_mask"].sum(dim=1).tolist() == [2, 4]
+    with pytest.raises(ValueError, match="must be a \\(query, document\\) pair"):
+        tiny_cross_encoder.predict(["three", "lone", "strings"])
