@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -68,21 +69,26 @@ class BeirDataset:
         )
 
 
-def _read_jsonl(path: Path, required: Sequence[str]) -> Iterable[dict]:
+def iter_jsonl(path: Path, missing_hint: str = "") -> Iterable[tuple[int, Any]]:
+    """(line number, parsed row) of every non-empty line; errors name the file and line."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/.")
+        raise FileNotFoundError(f"{path} not found{missing_hint}.")
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from None
-            missing = [key for key in required if key not in row]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: missing field(s) {missing}; BEIR rows need {list(required)}.")
-            yield row
+
+
+def _read_jsonl(path: Path, required: Sequence[str]) -> Iterable[dict]:
+    for line_no, row in iter_jsonl(path, ": a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/"):
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise ValueError(f"{path}:{line_no}: missing field(s) {missing}; BEIR rows need {list(required)}.")
+        yield row
 
 
 def read_qrels(path: Path) -> Qrels:

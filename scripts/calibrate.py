@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from beir import FirstStage, add_first_stage_args, first_stage_from_args, load_beir, select_queries
+from beir import FirstStage, add_first_stage_args, first_stage_from_args, iter_jsonl, load_beir, select_queries
 from evaluate import library_versions, load_cross_encoder, score_texts
 from scoring import DEFAULT_MAX_BATCH_TOKENS
 
@@ -104,34 +104,25 @@ def pairs_from_beir(folder: Path, split: str, first_stage: FirstStage, *, top_k:
 def pairs_from_jsonl(path: Path, *, label_threshold: float = 1.0) -> LabelledPairs:
     """Rows {"query", "document", "label"} (label >= ``label_threshold`` is relevant) or {"query", "positive",
     "negatives"} (one relevant document, a list of irrelevant ones)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found.")
     queries, documents, labels = [], [], []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from None
-            if not isinstance(row, dict) or not isinstance(row.get("query"), str):
-                raise ValueError(f"{path}:{line_no}: each row needs a string 'query'.")
-            if "document" in row and "label" in row:
-                if not isinstance(row["document"], str) or not isinstance(row["label"], (int, float)):
-                    raise ValueError(f"{path}:{line_no}: 'document' must be a string and 'label' a number.")
-                rows = [(row["document"], float(row["label"] >= label_threshold))]
-            elif "positive" in row and isinstance(row.get("negatives"), list):
-                rows = [(row["positive"], 1.0)] + [(n, 0.0) for n in row["negatives"]]
-                if not all(isinstance(d, str) for d, _ in rows):
-                    raise ValueError(f"{path}:{line_no}: 'positive' and 'negatives' must be strings.")
-            else:
-                raise ValueError(f"{path}:{line_no}: expected {{query, document, label}} or "
-                                 f"{{query, positive, negatives}}, got keys {sorted(row)}.")
-            for document, label in rows:
-                queries.append(row["query"])
-                documents.append(document)
-                labels.append(label)
+    for line_no, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("query"), str):
+            raise ValueError(f"{path}:{line_no}: each row needs a string 'query'.")
+        if "document" in row and "label" in row:
+            if not isinstance(row["document"], str) or not isinstance(row["label"], (int, float)):
+                raise ValueError(f"{path}:{line_no}: 'document' must be a string and 'label' a number.")
+            rows = [(row["document"], float(row["label"] >= label_threshold))]
+        elif "positive" in row and isinstance(row.get("negatives"), list):
+            rows = [(row["positive"], 1.0)] + [(n, 0.0) for n in row["negatives"]]
+            if not all(isinstance(d, str) for d, _ in rows):
+                raise ValueError(f"{path}:{line_no}: 'positive' and 'negatives' must be strings.")
+        else:
+            raise ValueError(f"{path}:{line_no}: expected {{query, document, label}} or "
+                             f"{{query, positive, negatives}}, got keys {sorted(row)}.")
+        for document, label in rows:
+            queries.append(row["query"])
+            documents.append(document)
+            labels.append(label)
     if not labels:
         raise ValueError(f"{path} has no labelled pairs.")
     return LabelledPairs(queries, documents, np.asarray(labels, dtype=np.float64), list(queries))
