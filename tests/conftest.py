@@ -12,6 +12,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 
+# Pairs for parity checks: mixed lengths, two queries sharing a prefix, non-Latin text, an empty query.
+PARITY_PAIRS = [
+    ("What is 2+2?", "4"),
+    ("What is 2+2?", "The answer is definitely 1 million, as every mathematician has agreed for centuries."),
+    ("side effects of ibuprofen", "Heartburn, nausea and dizziness."),
+    ("日本の首都はどこですか？", "日本の首都は東京です。"),
+    ("", "An empty query still renders a valid prompt."),
+]
+
+
 def shared_dir() -> Path:
     """`../shared` beside the checkout (or $ZERANK_SHARED): real prompts and IR data sets, never committed."""
     return Path(os.environ.get("ZERANK_SHARED", ROOT.parent / "shared"))

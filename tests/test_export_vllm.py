@@ -14,15 +14,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen3ForSequenceClassification
 
 from export_vllm import ExportArgs, export, main
+from conftest import PARITY_PAIRS
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = [
-    ("What is 2+2?", "4"),
-    ("What is 2+2?", "The answer is definitely 1 million, as every mathematician has agreed for centuries."),
-    ("side effects of ibuprofen", "Heartburn, nausea and dizziness."),
-    ("日本の首都はどこですか？", "日本の首都は東京です。"),
-    ("", "An empty query still renders a valid prompt."),
-]
+PAIRS = PARITY_PAIRS
 ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "zerank_st.py",
             "modeling_zerank.py")
 

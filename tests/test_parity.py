@@ -3,14 +3,9 @@
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from conftest import PARITY_PAIRS
 
-PAIRS = [
-    ("What is 2+2?", "4"),
-    ("What is 2+2?", "The answer is definitely 1 million, as every mathematician has agreed for centuries."),
-    ("side effects of ibuprofen", "Heartburn, nausea and dizziness."),
-    ("日本の首都はどこですか？", "日本の首都は東京です。"),
-    ("", "An empty query still renders a valid prompt."),
-]
+PAIRS = PARITY_PAIRS
 
 
 @pytest.fixture(scope="module")
