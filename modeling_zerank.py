@@ -12,10 +12,13 @@ This file is self-contained: it is copied next to the weights and loaded with ``
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers import DynamicCache
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.qwen3.configuration_qwen3 import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Model, Qwen3PreTrainedModel
@@ -43,7 +46,11 @@ class ZerankConfig(Qwen3Config):
             Prefix sharing engages for a group of at least 2 rows whose common prefix has at least this many tokens.
         max_batch_tokens (`int`, *optional*):
             At inference, the padding of the incoming batch is dropped and rows are regrouped by length into batches
-            of at most this many tokens (rows x longest row). Defaults to 2048 on CPU and 32768 on accelerators.
+            of at most this many tokens (rows x longest row). When unset, the device kind's default below applies.
+        cpu_max_batch_tokens (`int`, *optional*, defaults to 2048):
+            ``max_batch_tokens`` on CPU when it is unset.
+        accelerator_max_batch_tokens (`int`, *optional*, defaults to 32768):
+            ``max_batch_tokens`` on an accelerator (CUDA, MPS, ...) when it is unset.
         num_labels (`int`, *optional*, defaults to 1):
             One relevance logit per pair. Qwen3Config's default of 2 would make sentence-transformers skip the sigmoid.
     """
@@ -57,6 +64,8 @@ class ZerankConfig(Qwen3Config):
     share_query_prefix: bool = True
     min_shared_prefix_tokens: int = 8
     max_batch_tokens: int | None = None
+    cpu_max_batch_tokens: int = 2048
+    accelerator_max_batch_tokens: int = 32768
 
     def __post_init__(self, **kwargs):
         if self.id2label is None:
@@ -72,10 +81,18 @@ class ZerankConfig(Qwen3Config):
             raise ValueError(f"max_query_tokens must be at least 1, got {self.max_query_tokens}.")
         if self.min_shared_prefix_tokens < 1:
             raise ValueError(f"min_shared_prefix_tokens must be at least 1, got {self.min_shared_prefix_tokens}.")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be positive, got {self.max_batch_tokens}.")
+        for name in ("max_batch_tokens", "cpu_max_batch_tokens", "accelerator_max_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}.")
         if self.num_labels != 1:
             raise ValueError(f"zerank scores one logit per pair, so num_labels must be 1, got {self.num_labels}.")
+
+    def batch_token_budget(self, device_type: str) -> int:
+        """Tokens of one inference batch (rows x longest row) on a device of this type ("cpu", "cuda", ...)."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return self.cpu_max_batch_tokens if device_type == "cpu" else self.accelerator_max_batch_tokens
 
 
 class ZerankPreTrainedModel(Qwen3PreTrainedModel):
@@ -169,23 +186,30 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
 
     def _repacked_raw_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, share: bool):
         rows = real_token_rows(input_ids, attention_mask)
-        budget = self.config.max_batch_tokens or (2048 if input_ids.device.type == "cpu" else 32768)
+        budget = self.config.batch_token_budget(input_ids.device.type)
         min_prefix = self.config.min_shared_prefix_tokens if share else None
         pooled = torch.empty(len(rows), self.config.hidden_size, device=input_ids.device, dtype=self.dtype)
         for prefix_len, members in group_by_shared_prefix(rows, min_prefix):
-            cache_layers = self._prefix_keys_values(rows[members[0]][:prefix_len]) if prefix_len else None
+            prefix_cache = self._prefix_cache(rows[members[0]][:prefix_len]) if prefix_len else None
             lengths = [len(rows[i]) - prefix_len for i in members]
             for batch in token_budget_batches(lengths, budget):
                 indices = [members[i] for i in batch]
-                pooled[indices] = self._last_hidden([rows[i][prefix_len:] for i in indices], prefix_len, cache_layers)
+                pooled[indices] = self._last_hidden([rows[i][prefix_len:] for i in indices], prefix_len, prefix_cache)
         return self.raw_logit(pooled)
 
-    def _prefix_keys_values(self, prefix: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Keys and values of every layer for one prefix (batch 1)."""
-        cache = self.model(input_ids=prefix[None], use_cache=True).past_key_values
-        return [(layer.keys, layer.values) for layer in cache.layers]
+    def _cache_argument(self, cache: DynamicCache) -> dict:
+        """The backbone's keyword for a key/value cache: ``cache`` in recent transformers, ``past_key_values``
+        before (recent versions still take the old name, with a deprecation warning)."""
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        return {name: cache}
 
-    def _last_hidden(self, rows: list[torch.Tensor], prefix_len: int, cache_layers) -> torch.Tensor:
+    def _prefix_cache(self, prefix: torch.Tensor) -> DynamicCache:
+        """The keys and values of every layer for one prefix (batch 1)."""
+        cache = DynamicCache()
+        self.model(input_ids=prefix[None], use_cache=True, **self._cache_argument(cache))
+        return cache
+
+    def _last_hidden(self, rows: list[torch.Tensor], prefix_len: int, prefix_cache) -> torch.Tensor:
         """Final hidden state of the last token of each row, the rows continuing a shared prefix of ``prefix_len``."""
         device = rows[0].device
         lengths = torch.tensor([len(r) for r in rows], device=device)
@@ -206,50 +230,16 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
             visible = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill(
                 ~visible, torch.finfo(self.dtype).min
             )
-        cache = None
-        if cache_layers is not None:
-            cache = Cache(layers=[SharedPrefixLayer(k, v) for k, v in cache_layers])
+        cache_argument = {}
+        if prefix_cache is not None:
+            # A copy per batch, so the prefix cache is reused and never extended; the copy is repeated to the batch.
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            cache_argument = self._cache_argument(cache)
         hidden = self.model(
-            input_ids=ids,
-            attention_mask={"full_attention": visible},
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=False,
+            input_ids=ids, attention_mask=visible, position_ids=position_ids, use_cache=False, **cache_argument
         ).last_hidden_state
         return hidden[torch.arange(len(rows), device=device), lengths - 1]
-
-
-class SharedPrefixLayer(CacheLayerMixin):
-    """Read-only cache layer holding the keys/values of one shared prefix (batch 1).
-
-    ``update`` returns the prefix expanded to the batch (a view, no copy) followed by the new keys/values, and stores
-    nothing: the cache can be reused for several batches, and the continuation's keys/values are freed layer by layer
-    instead of being kept for the whole forward.
-    """
-
-    is_sliding = False
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
-        super().__init__()
-        self.keys, self.values, self.is_initialized = keys, values, True
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        pass
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        batch = key_states.shape[0]
-        keys = torch.cat([self.keys.expand(batch, -1, -1, -1), key_states], dim=-2)
-        values = torch.cat([self.values.expand(batch, -1, -1, -1), value_states], dim=-2)
-        return keys, values
-
-    def get_seq_length(self) -> int:
-        return self.keys.shape[-2]
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
 
 
 def real_token_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:

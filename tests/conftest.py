@@ -1,16 +1,17 @@
-"""Shared fixtures: the real Qwen3 tokenizer, tiny random Qwen3 checkpoints and built zerank folders."""
+"""Shared fixtures: the real Qwen3 tokenizer, tiny random Qwen3 checkpoints and built zerank folders.
+
+The package is installed (``pip install -e .``), so tests import ``zerank`` and the remote-code modules directly.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
+DATA = Path(__file__).resolve().parent / "data"
 
 # Pairs for parity checks: mixed lengths, two queries sharing a prefix, non-Latin text, an empty query.
 PARITY_PAIRS = [
@@ -23,13 +24,13 @@ PARITY_PAIRS = [
 
 
 def shared_dir() -> Path:
-    """`../shared` beside the checkout (or $ZERANK_SHARED): real prompts and IR data sets, never committed."""
+    """`../shared` beside the checkout (or $ZERANK_SHARED): the real IR data sets, never committed."""
     return Path(os.environ.get("ZERANK_SHARED", ROOT.parent / "shared"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    from build import default_tokenizer_dir
+    from zerank.resources import default_tokenizer_dir
 
     return default_tokenizer_dir()
 
@@ -38,7 +39,7 @@ def tokenizer_dir() -> Path:
 def tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from build import CHAT_TEMPLATE_FILE
+    from zerank.resources import CHAT_TEMPLATE_FILE
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.chat_template = CHAT_TEMPLATE_FILE.read_text()
@@ -48,18 +49,20 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
     """A random Qwen3ForCausalLM with config/tiny.json's shape (tied embeddings), saved as safetensors."""
-    from build import make_random_base
+    from zerank.convert import make_random_base
+    from zerank.resources import shape_config
 
-    return make_random_base(ROOT / "config" / "tiny.json", tmp_path_factory.mktemp("tiny-base"), 0, 2000)
+    return make_random_base(shape_config("tiny"), tmp_path_factory.mktemp("tiny-base"), 0, 2000)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_base_dir, tokenizer_dir, tmp_path_factory) -> Path:
-    """A zerank folder built from ``tiny_base_dir`` by scripts/build.py (verified against the causal LM)."""
-    from build import BuildArgs, build
+    """A zerank folder built from ``tiny_base_dir`` by ``zerank build`` (verified against the causal LM)."""
+    from zerank.arguments import BuildArguments
+    from zerank.convert import build
 
     out = tmp_path_factory.mktemp("tiny-zerank") / "model"
-    report = build(BuildArgs(out=out, base=str(tiny_base_dir), tokenizer=str(tokenizer_dir)))
+    report = build(BuildArguments(out=out, base=str(tiny_base_dir), tokenizer=str(tokenizer_dir)))
     assert report["max_abs_logit_error"] <= 1e-4
     return out
 

@@ -1,0 +1,125 @@
+"""The ``zerank`` command: one entry point, one subcommand per task.
+
+Usage:
+    zerank build --random tiny --tokenizer DIR --out build/tiny
+    zerank evaluate --model build/tiny --data DATA --output-dir runs/eval
+    zerank SUBCOMMAND --help
+
+Parsing imports only the standard library and ``transformers.HfArgumentParser`` (no torch), so ``--help`` and
+argument errors answer at once; the subcommand's library module is imported after its arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zerank import __version__, arguments
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: tuple[type, ...]
+    run: str  # "module:function", called with the parsed dataclasses (and the unparsed strings, if it takes extras)
+    takes_extra: bool = False
+    epilog: str | None = None
+    extra_install: str | None = None  # the pip extra whose packages the command imports
+
+
+COMMANDS: dict[str, Command] = {
+    "build": Command("Convert a Qwen3 causal LM (or random weights of a shape) into a verified zerank package.",
+                     (arguments.BuildArguments,), "zerank.convert:main"),
+    "export": Command("Export a zerank package for another runtime (vLLM).",
+                      (arguments.ExportArguments,), "zerank.export:main"),
+    "evaluate": Command("Rerank a first stage's candidates on a BEIR folder and report NDCG@10, MRR@10, recall.",
+                        (arguments.EvaluateArguments, arguments.ModelArguments, arguments.ScoringArguments,
+                         arguments.FirstStageArguments), "zerank.evaluation:main", extra_install="eval"),
+    "calibrate": Command("Fit score_temperature and score_bias on labelled pairs; report calibration.",
+                         (arguments.CalibrateArguments, arguments.ModelArguments, arguments.ScoringArguments,
+                          arguments.FirstStageArguments), "zerank.calibration:main", extra_install="eval"),
+    "finetune": Command(
+        "Fine-tune on your data (CrossEncoderTrainer), refit the calibration, write a complete package.",
+        (arguments.FinetuneArguments, arguments.FirstStageArguments), "zerank.training:main", takes_extra=True, extra_install="eval,train",
+        epilog="Every field of sentence-transformers' CrossEncoderTrainingArguments is a flag too, for example "
+               "--max-steps, --num-train-epochs, --learning-rate (2e-5), --per-device-train-batch-size (16), "
+               "--gradient-accumulation-steps, --warmup-steps (0.1: a share of the steps), --weight-decay (0.01), "
+               "--optim, --bf16/--fp16 (default: bf16 on a GPU that supports it), --gradient-checkpointing, "
+               "--eval-steps, --save-steps, --save-total-limit (2), --logging-steps (10), "
+               "--resume-from-checkpoint (latest or a folder), --report-to (none), --use-cpu, --seed. "
+               "`zerank finetune --trainer-help` lists them all (it imports torch).",
+    ),
+    "publish": Command("Validate a built folder, upload it in one commit, verify the commit and tag it.",
+                       (arguments.PublishArguments,), "zerank.publish:main"),
+    "serve": Command("Serve a zerank model with ZeroEntropy's rerank API.",
+                     (arguments.ServeArguments, arguments.ModelArguments), "zerank.server:main", extra_install="serve"),
+    "bench": Command("Benchmark zerank against sentence-transformers' native reranker on identical weights.",
+                     (arguments.BenchArguments,), "zerank.benchmark:main"),
+    "bench-serve": Command("Benchmark a rerank server under concurrent clients.",
+                           (arguments.BenchServeArguments,), "zerank.bench_serve:main", extra_install="serve"),
+    "bm25": Command("BM25 first-stage figures of a BEIR folder.",
+                    (arguments.Bm25Arguments, arguments.FirstStageArguments), "zerank.retrieval:main", extra_install="eval"),
+    "demo": Command("Build the tiny random model and score an example through CrossEncoder (offline).",
+                    (arguments.DemoArguments,), "zerank.demo:main"),
+}
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    from transformers import HfArgumentParser
+
+    command = COMMANDS[name]
+    return HfArgumentParser(command.arguments, prog=f"zerank {name}", description=command.help,
+                            epilog=command.epilog)
+
+
+def parse(name: str, argv: Sequence[str]) -> tuple:
+    """The dataclasses of ``zerank NAME argv`` (plus the strings left over, for commands that take extras)."""
+    parser = command_parser(name)
+    command = COMMANDS[name]
+    try:
+        *parsed, extra = parser.parse_args_into_dataclasses(list(argv), return_remaining_strings=True,
+                                                           look_for_args_file=False)
+    except ValueError as e:  # a dataclass's own validation
+        parser.error(str(e))
+    if extra and not command.takes_extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return (*parsed, extra) if command.takes_extra else tuple(parsed)
+
+
+def main(argv: Sequence[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog="zerank", description="zerank: an open, self-hostable LLM reranker.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<12} {c.help}" for name, c in COMMANDS.items())
+        + "\n\n`zerank COMMAND --help` lists a command's flags.",
+    )
+    top.add_argument("--version", action="version", version=f"zerank {__version__}")
+    top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
+    top.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    ns = top.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    parsed = parse(ns.command, argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = COMMANDS[ns.command]
+    module, function = command.run.split(":")
+    try:
+        run = getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as e:
+        if command.extra_install is None:
+            raise
+        sys.exit(f"zerank {ns.command} needs the package {e.name!r}: pip install 'zerank[{command.extra_install}]'")
+    return run(*parsed)
+
+
+def entry_point() -> None:
+    """Console-script entry: a command's integer result is the exit code."""
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,254 @@
+"""Convert a Qwen3 causal-LM checkpoint (or random weights of a shape) into a verified zerank package.
+
+The backbone weights are copied shard by shard (never two copies of the model in memory), the LM head is dropped
+and only its "Yes" row is kept as ``score.weight``. The folder gets the remote-code files, the tokenizer, zerank's
+chat template, the sentence-transformers configuration and a rendered model card, and is then verified: loaded
+through ``CrossEncoder``, its logit x temperature + bias must equal the source causal LM's "Yes" logit.
+
+Command: ``zerank build --base Qwen/Qwen3-4B --out build/zerank-1`` or
+``zerank build --random tiny --tokenizer DIR --out build/tiny`` (random, untrained weights for tests and demos).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from sentence_transformers import CrossEncoder
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+from modeling_zerank import ZerankConfig
+from zerank.arguments import BuildArguments
+from zerank.package import (
+    AUTO_MAP,
+    PROBE_PAIRS,
+    ZERANK_FIELDS,
+    copy_package_files,
+    is_hub_id,
+    render_model_card,
+    rendered_prompts,
+    resolve_model_dir,
+    weight_map,
+)
+from zerank.resources import CHAT_TEMPLATE_FILE, shape_config
+from zerank.scoring import raw_logit
+from zerank.system import atomic_write_json, peak_rss_mb, prepare_output_dir
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGIT_ERROR = 1e-4  # fp32 parity of the built model with the source causal LM's "Yes" logit
+BASE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def make_random_base(config_path: Path, out_dir: Path, seed: int, max_shard_size_mb: int) -> Path:
+    """Save a randomly initialised Qwen3ForCausalLM with the shape of ``config_path``."""
+    raw = json.loads(config_path.read_text())
+    shape = {k: v for k, v in raw.items() if k not in ZERANK_FIELDS and k != "model_type"}
+    dtype = getattr(torch, shape.pop("dtype", "float32"))
+    torch.manual_seed(seed)
+    config = Qwen3Config(**shape)
+    config.architectures = ["Qwen3ForCausalLM"]
+    # Initialise directly in the target dtype: a 4B model in fp32 first would need twice the memory.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    model.save_pretrained(out_dir, max_shard_size=f"{max_shard_size_mb}MB")
+    del model
+    gc.collect()
+    return out_dir
+
+
+def make_config(base_dir: Path, args: BuildArguments, yes_token_id: int) -> ZerankConfig:
+    raw = json.loads((base_dir / "config.json").read_text())
+    if raw.get("model_type") != "qwen3" or "Qwen3ForCausalLM" not in (raw.get("architectures") or []):
+        raise ValueError(
+            f"{base_dir} is not a Qwen3ForCausalLM checkpoint "
+            f"(model_type={raw.get('model_type')!r}, architectures={raw.get('architectures')!r})."
+        )
+    fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
+    for key in ("id2label", "label2id", "num_labels", "auto_map"):
+        fields.pop(key, None)
+    if args.random is not None:
+        fields.update({k: v for k, v in json.loads(shape_config(args.random).read_text()).items() if k in ZERANK_FIELDS})
+    fields["yes_token_id"] = yes_token_id
+    if args.score_temperature is not None:
+        fields["score_temperature"] = args.score_temperature
+    if args.score_bias is not None:
+        fields["score_bias"] = args.score_bias
+    config = ZerankConfig(**fields)
+    config.architectures = ["ZerankForSequenceClassification"]
+    config.auto_map = dict(AUTO_MAP)
+    return config
+
+
+def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_bytes: int) -> dict[str, int]:
+    """Copy the backbone shard by shard and write ``score.weight`` = the "Yes" row of the LM head.
+
+    Returns the number of bytes per output file. Tensors are read one at a time from memory-mapped files and an
+    output shard is flushed as soon as it reaches ``max_shard_bytes``, so memory stays near one shard.
+    """
+    tensors_at = weight_map(base_dir)
+    # Tied checkpoints (Qwen3 up to 4B) store no lm_head: its rows are the input embeddings.
+    yes_source = "lm_head.weight" if "lm_head.weight" in tensors_at else "model.embed_tokens.weight"
+    if yes_source not in tensors_at:
+        raise KeyError(f"{base_dir} has neither lm_head.weight nor model.embed_tokens.weight.")
+    names = sorted(name for name in tensors_at if name != "lm_head.weight")
+    if not all(name.startswith("model.") for name in names):
+        raise ValueError(f"Unexpected tensor names in {base_dir}: {[n for n in names if not n.startswith('model.')]}")
+
+    with safe_open(base_dir / tensors_at[yes_source], framework="pt") as f:
+        rows = f.get_slice(yes_source)
+        vocab = rows.get_shape()[0]
+        if not 0 <= yes_token_id < vocab:
+            raise ValueError(f"yes_token_id {yes_token_id} is outside the LM head's {vocab} rows.")
+        score = rows[yes_token_id : yes_token_id + 1].clone()
+
+    groups: list[list[str]] = [[]]
+    group_bytes = 0
+    for name in names:
+        with safe_open(base_dir / tensors_at[name], framework="pt") as f:
+            sl = f.get_slice(name)
+            numel = 1
+            for dim in sl.get_shape():
+                numel *= dim
+            size = numel * torch.empty(0, dtype=_dtype_of(sl.get_dtype())).element_size()
+        if groups[-1] and group_bytes + size > max_shard_bytes:
+            groups.append([])
+            group_bytes = 0
+        groups[-1].append(name)
+        group_bytes += size
+    groups[-1].append("score.weight")
+
+    total = len(groups)
+    files: dict[str, int] = {}
+    new_map: dict[str, str] = {}
+    for i, group in enumerate(tqdm(groups, desc="Writing shards", unit="shard")):
+        file_name = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        tensors = {}
+        for name in group:
+            if name == "score.weight":
+                tensors[name] = score
+                continue
+            with safe_open(base_dir / tensors_at[name], framework="pt") as f:
+                tensors[name] = f.get_tensor(name)
+        save_file(tensors, out_dir / file_name, metadata={"format": "pt"})
+        files[file_name] = sum(t.numel() * t.element_size() for t in tensors.values())
+        new_map.update(dict.fromkeys(group, file_name))
+        del tensors
+        gc.collect()
+    if total > 1:
+        index = {"metadata": {"total_size": sum(files.values())}, "weight_map": dict(sorted(new_map.items()))}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return files
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[name]
+
+
+def write_tokenizer(tokenizer_src: str | Path, out_dir: Path, max_length: int, revision: str | None = None):
+    """Save the tokenizer with zerank's chat template (as chat_template.jinja) and the context length."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_src), revision=revision)
+    tokenizer.chat_template = CHAT_TEMPLATE_FILE.read_text()
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+@torch.inference_mode()
+def causal_lm_yes_logits(base_dir: Path, tokenizer, pairs, yes_token_id: int) -> torch.Tensor:
+    """The source causal LM's "Yes" logit at the last position of each rendered pair (fp32, one pair at a time)."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model.eval()
+    logits = []
+    for text in rendered_prompts(tokenizer, pairs):
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        logits.append(model(input_ids=ids, logits_to_keep=1).logits[0, -1, yes_token_id])
+    del model
+    gc.collect()
+    return torch.stack(logits)
+
+
+def verify(base_dir: Path, out_dir: Path, pairs=PROBE_PAIRS) -> float:
+    """Max |built logit x T + b - causal LM "Yes" logit| over ``pairs``, both in fp32, loaded one at a time."""
+    tokenizer = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)
+    config = ZerankConfig.from_pretrained(out_dir)
+    expected = causal_lm_yes_logits(base_dir, tokenizer, pairs, config.yes_token_id)
+    model = CrossEncoder(
+        str(out_dir), trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32}
+    )
+    calibrated = model.predict(pairs, activation_fn=torch.nn.Identity(), convert_to_tensor=True).float().cpu()
+    raw = raw_logit(calibrated, config.score_temperature, config.score_bias)
+    return float((raw - expected).abs().max())
+
+
+def build(args: BuildArguments) -> dict:
+    out = args.out
+    prepare_output_dir(out, args.overwrite)
+
+    with tempfile.TemporaryDirectory(prefix="zerank-random-base-") as tmp:
+        if args.random is not None:
+            shape = shape_config(args.random)
+            logger.info("Creating a random Qwen3ForCausalLM with the shape of %s (seed %d)", shape, args.seed)
+            base_dir = make_random_base(shape, Path(tmp), args.seed, args.max_shard_size_mb)
+            base_name = f"random weights, shape of {shape.name} (UNTRAINED)"
+        else:
+            base_dir = resolve_model_dir(args.base, args.revision, BASE_FILE_PATTERNS)
+            base_name = args.base
+        rss_before = peak_rss_mb()
+
+        tokenizer = write_tokenizer(args.tokenizer or base_dir, out, args.max_length, revision=args.revision)
+        yes_ids = tokenizer.encode(args.yes_token, add_special_tokens=False)
+        if len(yes_ids) != 1:
+            raise ValueError(f"--yes-token {args.yes_token!r} is not a single token (ids {yes_ids}).")
+        config = make_config(base_dir, args, yes_ids[0])
+        config.save_pretrained(out)
+        logger.info("Converting weights from %s", base_dir)
+        files = convert_weights(base_dir, out, config.yes_token_id, args.max_shard_size_mb * 1024 * 1024)
+        copy_package_files(out)
+        card = render_model_card(
+            config, repo_id=args.repo_id, base_model=base_name, max_length=args.max_length,
+            base_model_id=args.base_model_id or (args.base if args.base and is_hub_id(args.base) else None),
+            untrained=args.random is not None,
+        )
+        (out / "README.md").write_text(card)
+        checkpoint_mb = sum(files.values()) / 1e6
+        report = {
+            "out": str(out),
+            "base": base_name,
+            "checkpoint_mb": round(checkpoint_mb, 1),
+            "build_peak_rss_mb": round(peak_rss_mb(), 1),
+            "rss_before_convert_mb": round(rss_before, 1),
+            "files": files,
+        }
+        logger.info("Wrote %d weight file(s), %.1f MB; peak RSS %.1f MB", len(files), checkpoint_mb, peak_rss_mb())
+        if args.verify:
+            report["max_abs_logit_error"] = verify(base_dir, out)
+            report["verify_peak_rss_mb"] = round(peak_rss_mb(), 1)
+            logger.info("Parity with the causal LM's 'Yes' logit: max |error| = %.3g", report["max_abs_logit_error"])
+            if not report["max_abs_logit_error"] <= MAX_LOGIT_ERROR:
+                raise RuntimeError(
+                    f"Built model disagrees with the source causal LM: max |error| "
+                    f"{report['max_abs_logit_error']:.3g} > {MAX_LOGIT_ERROR} (fp32)."
+                )
+    atomic_write_json(out / "build_report.json", report)
+    return report
+
+
+
+
+def main(args: BuildArguments) -> dict:
+    torch.manual_seed(args.seed)
+    report = build(args)
+    print(json.dumps({k: v for k, v in report.items() if k != "files"}, indent=2))
+    return report

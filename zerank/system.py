@@ -1,0 +1,96 @@
+"""The process and the file system: peak memory, library versions, atomic writes, output folders."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LIBRARIES = ("torch", "transformers", "sentence-transformers", "huggingface_hub", "safetensors", "bm25s",
+             "pytrec-eval-terrier", "PyStemmer", "peft", "accelerate", "datasets", "numpy")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image, in MB.
+
+    Linux's ru_maxrss survives fork + exec (a child started by a large parent reports the parent's size), so the
+    address space's own high-water mark, VmHWM, is read where there is one.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the high-water mark (Linux), so the next ``peak_rss_mb`` covers what runs from now on."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists():
+        return False
+    clear_refs.write_text("5")
+    return True
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak RSS of this process and, on a GPU, the peak allocated device memory (MB)."""
+    report = {"peak_rss_mb": round(peak_rss_mb(), 1)}
+    if torch.cuda.is_available():
+        report["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return report
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
+    """Python's and the installed libraries' versions, for reports."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part:
+    a temporary file in the same folder, flushed and fsynced, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """Create ``out``; an existing non-empty folder is replaced only with ``overwrite``."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
