@@ -1,10 +1,12 @@
 """Inference fast path (padding dropped, shared query prefix run once, length regrouping) equals the plain path."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from modeling_zerank import group_by_shared_prefix, real_token_rows, token_budget_batches
+from modeling_zerank import ZerankConfig, group_by_shared_prefix, real_token_rows, token_budget_batches
 
 QUERIES = ["What is the capital of France?", "How do I reset a forgotten Linux root password quickly and safely?",
            "What is the capital of Italy?"]
@@ -69,8 +71,8 @@ def test_config_switch_turns_prefix_sharing_off(model, tokenizer, monkeypatch):
     pairs = [(QUERIES[0], d) for d in DOCS]
     batch = encode(tokenizer, pairs, "right")
     calls = []
-    original = type(model)._prefix_keys_values
-    monkeypatch.setattr(type(model), "_prefix_keys_values", lambda self, p: calls.append(len(p)) or original(self, p))
+    original = type(model)._prefix_cache
+    monkeypatch.setattr(type(model), "_prefix_cache", lambda self, p: calls.append(len(p)) or original(self, p))
     with torch.inference_mode():
         model(**batch)
         assert len(calls) == 1 and calls[0] >= 8  # one prefix run for the whole batch
@@ -121,3 +123,23 @@ def test_token_budget_batches_cover_every_index_within_budget():
     assert [4] in batches
     with pytest.raises(ValueError, match="max_tokens"):
         token_budget_batches([1], 0)
+
+
+def test_batch_budget_defaults_per_device_kind_and_override():
+    config = ZerankConfig()
+    assert config.batch_token_budget("cpu") == config.cpu_max_batch_tokens == 2048
+    assert config.batch_token_budget("cuda") == config.accelerator_max_batch_tokens == 32768
+    config.max_batch_tokens = 100
+    assert config.batch_token_budget("cpu") == config.batch_token_budget("cuda") == 100
+    with pytest.raises(Exception, match="cpu_max_batch_tokens"):
+        ZerankConfig(cpu_max_batch_tokens=0)
+
+
+def test_fast_path_raises_no_deprecation_warning(model, tokenizer):
+    """The fast path uses public transformers APIs only: no FutureWarning/DeprecationWarning from any call."""
+    pairs = [(QUERIES[1], d) for d in DOCS]
+    batch = encode(tokenizer, pairs, "left")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            model(**batch)

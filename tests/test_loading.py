@@ -6,6 +6,7 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from modeling_zerank import ZerankConfig, ZerankForSequenceClassification
+from zerank.loading import load_reranker, resolve_dtype
 
 PAIRS = [("What is 2+2?", "4"), ("What is 2+2?", "The answer is definitely 1 million")]
 
@@ -78,3 +79,12 @@ def test_config_defaults():
     config = ZerankConfig()
     assert (config.num_labels, config.yes_token_id, config.score_temperature, config.score_bias) == (1, 9454, 5.0, 0.0)
     assert ZerankForSequenceClassification.config_class is ZerankConfig
+
+
+def test_load_reranker_applies_dtype_length_and_budget(tiny_model_dir):
+    model = load_reranker(str(tiny_model_dir), device="cpu", dtype="auto", max_length=128, max_batch_tokens=512)
+    assert model.model.config.max_batch_tokens == 512 and model.max_seq_length == 128
+    assert model.model.model.embed_tokens.weight.dtype == torch.float32 and not model.model.training
+    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("int4")

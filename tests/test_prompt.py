@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from conftest import shared_dir
+from conftest import DATA
 
-PROMPTS = shared_dir() / "data" / "zerank-prompts.jsonl"
+# Ten published zerank-2 prompts (source and licence: tests/data/README.md).
+PROMPTS = DATA / "zerank-prompts.jsonl"
 
 
 def render(tokenizer, query, document, **kwargs):
@@ -13,7 +14,6 @@ def render(tokenizer, query, document, **kwargs):
     return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
-@pytest.mark.skipif(not PROMPTS.exists(), reason=f"{PROMPTS} is absent")
 def test_crossencoder_token_ids_equal_published_prompts(tiny_cross_encoder):
     rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
     assert len(rows) >= 10
