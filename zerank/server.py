@@ -13,8 +13,9 @@ works against it unchanged (``ZeroEntropy(api_key=KEY, base_url="http://127.0.0.
 and interactive docs at ``/docs``.
 
 One model instance is served by one worker thread: requests that arrive while it is busy are merged (up to
-``--max-batch-tokens`` tokens) and scored together in length-sorted batches, off the event loop. A request's scores
-do not depend on what it was batched with (to float rounding: <= 1e-5 in fp32).
+``--max-round-tokens`` tokens) and scored together by ``zerank.scoring.score_pairs``, whose forward batches stay
+under ``--max-batch-tokens`` (default: the model config's budget for the device kind), off the event loop. A
+request's scores do not depend on what it was batched with (to float rounding: <= 1e-5 in fp32).
 
 Limits (all answered with a JSON ``{"detail": "..."}`` error):
     401  missing or wrong bearer token (when a key is set)
@@ -27,9 +28,9 @@ Limits (all answered with a JSON ``{"detail": "..."}`` error):
 Documents longer than ``--max-document-tokens`` are cut to their first tokens by default; pairs longer than the
 model's context are truncated by the model itself (the document's end is cut, never the query or the template suffix).
 
-Usage:
-    python scripts/serve.py --model build/tiny --host 127.0.0.1 --port 8000
-    ZERANK_API_KEY=secret python scripts/serve.py --model zeroentropy/zerank-1 --host 0.0.0.0 --port 8000
+Command:
+    zerank serve --model build/tiny --host 127.0.0.1 --port 8000
+    ZERANK_API_KEY=secret zerank serve --model zeroentropy/zerank-1 --host 0.0.0.0 --port 8000
 
 Binding a non-loopback address needs an API key (``--api-key`` or $ZERANK_API_KEY); the server refuses to start
 without one.
@@ -37,37 +38,32 @@ without one.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
-import ipaddress
 import logging
-import os
 import queue
 import secrets
-import sys
 import threading
 import time
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-import torch
+import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from sentence_transformers import CrossEncoder
 from starlette.concurrency import run_in_threadpool
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zerank.arguments import ModelArguments, ServeArguments
+from zerank.loading import load_from_arguments
+from zerank.scoring import score_pairs, template_overhead_tokens
 
-from scoring import DEFAULT_MAX_BATCH_TOKENS, TEMPLATE_OVERHEAD_TOKENS, score_pairs  # noqa: E402
+logger = logging.getLogger(__name__)
 
-logger = logging.getLogger("zerank.serve")
-
-API_KEY_ENV = "ZERANK_API_KEY"
 RERANK_PATH = "/v1/models/rerank"
 
 
@@ -113,91 +109,6 @@ class Health(BaseModel):
     queued: int
 
 
-# --- configuration ---
-
-
-@dataclass
-class ServeConfig:
-    model: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    served_model_names: list[str] = field(default_factory=list)
-    max_documents: int = 1000
-    max_request_bytes: int = 5_000_000
-    max_document_tokens: int | None = None
-    long_documents: Literal["truncate", "error"] = "truncate"
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-    device: str | None = None
-    dtype: str = "auto"
-    max_length: int | None = None
-    log_level: str = "info"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def parse_args(argv: list[str] | None = None) -> ServeConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="zerank folder or hub id (loaded with trust_remote_code).")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default: 127.0.0.1).")
-    parser.add_argument("--port", type=int, default=8000, help="Port to bind (default: 8000; 0 picks a free one).")
-    parser.add_argument("--api-key", help=f"Bearer token clients must send (default: ${API_KEY_ENV}). Required "
-                                          "on a non-loopback --host.")
-    parser.add_argument("--served-model-name", dest="served_model_names", action="append", default=[],
-                        help="Model id clients may ask for (repeatable). Default: accept any id.")
-    parser.add_argument("--max-documents", type=int, default=1000, help="Most documents per request (400 above).")
-    parser.add_argument("--max-request-bytes", type=int, default=5_000_000,
-                        help="Largest request body in bytes (413 above).")
-    parser.add_argument("--max-document-tokens", type=int,
-                        help="Longest document in tokens (default: only the model's context limits it).")
-    parser.add_argument("--long-documents", choices=["truncate", "error"], default="truncate",
-                        help="Documents over --max-document-tokens: keep their first tokens, or answer 400.")
-    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
-                        help="Token budget of one forward batch (rows x longest row), and of the pending requests "
-                             "merged into one scoring round.")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu).")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="Weights dtype (auto: bfloat16 on cuda, float32 on cpu).")
-    parser.add_argument("--max-length", type=int, help="Context length in tokens (default: the model's).")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="Log level of the server and uvicorn.")
-    ns = parser.parse_args(argv)
-    ns.api_key = ns.api_key or os.environ.get(API_KEY_ENV) or None
-    if ns.api_key is None and not is_loopback(ns.host):
-        parser.error(f"--host {ns.host} is not a loopback address: set --api-key or ${API_KEY_ENV} so that the "
-                     "server is not open to anyone who can reach it.")
-    for name in ("max_documents", "max_request_bytes", "max_batch_tokens", "max_document_tokens", "max_length"):
-        value = getattr(ns, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
-    if not 0 <= ns.port <= 65535:
-        parser.error(f"--port must be in 0..65535, got {ns.port}.")
-    return ServeConfig(**vars(ns))
-
-
-def load_model(config: ServeConfig):
-    from sentence_transformers import CrossEncoder
-
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    logger.info("Loading %s on %s (%s)", config.model, device, dtype)
-    model = CrossEncoder(
-        config.model, trust_remote_code=True, device=device, max_length=config.max_length,
-        model_kwargs={"dtype": getattr(torch, dtype)},
-    )
-    model.model.eval()
-    return model
-
-
 # --- scoring engine ---
 
 
@@ -211,6 +122,8 @@ class RequestError(ValueError):
 
 @dataclass
 class Job:
+    """Pairs waiting to be scored; the future resolves to (float32 scores, inference seconds)."""
+
     pairs: list[tuple[str, str]]
     tokens: int
     future: Future = field(default_factory=Future)
@@ -218,6 +131,8 @@ class Job:
 
 @dataclass
 class Prepared:
+    """A checked request: its pairs (long documents cut) and the counts the response reports."""
+
     pairs: list[tuple[str, str]]
     total_tokens: int
     total_bytes: int
@@ -230,13 +145,15 @@ class RerankEngine:
     """One ``CrossEncoder`` and one worker thread that scores every request.
 
     The worker takes the oldest pending job, adds the jobs queued behind it while their tokens fit in
-    ``max_batch_tokens``, and scores all their pairs with ``score_pairs`` (length-sorted batches under the same
-    budget); each job's future then gets its own slice of the scores, in its own order.
+    ``args.max_round_tokens``, and scores all their pairs with ``score_pairs`` (forward batches under
+    ``max_batch_tokens``, default: the model's budget for its device kind); each job's future then gets its own slice
+    of the scores, in its own order.
     """
 
-    def __init__(self, model, config: ServeConfig):
+    def __init__(self, model: CrossEncoder, args: ServeArguments, max_batch_tokens: int | None = None):
         self.model = model
-        self.config = config
+        self.args = args
+        self.max_batch_tokens = max_batch_tokens
         self.max_seq_length = int(model.max_seq_length)
         module = model[0]
         self.max_query_tokens = int(getattr(module, "max_query_tokens", self.max_seq_length // 2))
@@ -244,6 +161,7 @@ class RerankEngine:
         # by two threads at once) and a lock, so it never races the worker's tokenizer.
         self.tokenizer = copy.deepcopy(model.tokenizer)
         self._tokenizer_lock = threading.Lock()
+        self.template_tokens = template_overhead_tokens(self.tokenizer)
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.requests_scored = 0
@@ -254,7 +172,7 @@ class RerankEngine:
 
     def prepare(self, query: str, documents: list[str]) -> Prepared:
         """Check the query, cut long documents, and count tokens (raises ``RequestError``)."""
-        cap = self.config.max_document_tokens
+        cap = self.args.max_document_tokens
         with self._tokenizer_lock:
             query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
             if query_tokens > self.max_query_tokens:
@@ -268,13 +186,13 @@ class RerankEngine:
             for i, n in enumerate(document_tokens):
                 if cap is None or n <= cap:
                     continue
-                if self.config.long_documents == "error":
+                if self.args.long_documents == "error":
                     raise RequestError(f"Document {i} has {n} tokens; this server accepts at most {cap} "
                                        "(--max-document-tokens).")
                 # Keep the text of the first `cap` tokens (offsets are character spans of the original text).
                 documents[i] = documents[i][: encoded["offset_mapping"][i][cap - 1][1]]
                 document_tokens[i] = len(self.tokenizer(documents[i], add_special_tokens=False)["input_ids"])
-        lengths = [min(query_tokens + n + TEMPLATE_OVERHEAD_TOKENS, self.max_seq_length) for n in document_tokens]
+        lengths = [min(query_tokens + n + self.template_tokens, self.max_seq_length) for n in document_tokens]
         query_bytes = len(query.encode())
         return Prepared(
             pairs=[(query, document) for document in documents],
@@ -293,15 +211,18 @@ class RerankEngine:
 
     @property
     def queued(self) -> int:
+        """Jobs waiting for the worker."""
         return self._queue.qsize()
 
     # worker side
 
     def start(self) -> None:
+        """Start the worker thread."""
         self._thread = threading.Thread(target=self._run, name="zerank-scorer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker once the jobs queued before this call are scored."""
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -320,7 +241,7 @@ class RerankEngine:
                     pending = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if pending is _STOP or tokens + pending.tokens > self.config.max_batch_tokens:
+                if pending is _STOP or tokens + pending.tokens > self.args.max_round_tokens:
                     carry = pending
                     break
                 jobs.append(pending)
@@ -335,7 +256,7 @@ class RerankEngine:
         pairs = [pair for job in jobs for pair in job.pairs]
         start = time.perf_counter()
         try:
-            scores = score_pairs(self.model, pairs, max_batch_tokens=self.config.max_batch_tokens)
+            scores = score_pairs(self.model, pairs, max_batch_tokens=self.max_batch_tokens)
         except Exception as exc:  # answered as a 500 to every request of the round, the worker goes on
             logger.exception("Scoring %d pairs of %d request(s) failed", len(pairs), len(jobs))
             for job in jobs:
@@ -355,17 +276,20 @@ class RerankEngine:
 # --- application ---
 
 
-def create_app(config: ServeConfig, model=None) -> FastAPI:
-    """The FastAPI application. ``model`` (a loaded ``CrossEncoder``) is loaded from ``config.model`` if not given.
+def create_app(args: ServeArguments, model_args: ModelArguments, model: CrossEncoder | None = None) -> FastAPI:
+    """The FastAPI application. ``model`` (a loaded ``CrossEncoder``) is loaded from ``model_args`` if not given.
 
     The scoring worker starts and stops with the application's lifespan.
     """
-    engine = RerankEngine(model if model is not None else load_model(config), config)
+    if model is None:
+        model = load_from_arguments(model_args)
+    engine = RerankEngine(model, args, max_batch_tokens=model_args.max_batch_tokens)
+    served = list(args.served_model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
-        logger.info("Serving %s at %s (auth: %s)", config.model, RERANK_PATH, "bearer" if config.api_key else "none")
+        logger.info("Serving %s at %s (auth: %s)", model_args.model, RERANK_PATH, "bearer" if args.api_key else "none")
         try:
             yield
         finally:
@@ -381,10 +305,10 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="The server's API key, as `Authorization: Bearer <key>`.")
 
     def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if config.api_key is None:
+        if args.api_key is None:
             return
         if credentials is None or not secrets.compare_digest(
-            credentials.credentials.encode(), config.api_key.encode()
+            credentials.credentials.encode(), args.api_key.encode()
         ):
             raise HTTPException(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -397,10 +321,10 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                 return JSONResponse({"detail": "A Content-Length header is required."}, status_code=411)
             if not length.isdigit():
                 return JSONResponse({"detail": f"Invalid Content-Length header {length!r}."}, status_code=400)
-            if int(length) > config.max_request_bytes:
+            if int(length) > args.max_request_bytes:
                 return JSONResponse(
                     {"detail": f"The request body has {int(length)} bytes; this server accepts at most "
-                               f"{config.max_request_bytes} (--max-request-bytes)."},
+                               f"{args.max_request_bytes} (--max-request-bytes)."},
                     status_code=413,
                 )
         return await call_next(request)
@@ -417,12 +341,11 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
               dependencies=[Depends(require_api_key)], summary="Rerank documents by relevance to a query")
     async def rerank(body: RerankRequest) -> RerankResponse:
         received = time.perf_counter()
-        if config.served_model_names and body.model not in config.served_model_names:
-            raise HTTPException(404, f"Model {body.model!r} is not served here; use one of "
-                                     f"{config.served_model_names}.")
-        if len(body.documents) > config.max_documents:
+        if served and body.model not in served:
+            raise HTTPException(404, f"Model {body.model!r} is not served here; use one of {served}.")
+        if len(body.documents) > args.max_documents:
             raise HTTPException(400, f"The request has {len(body.documents)} documents; this server accepts at "
-                                     f"most {config.max_documents} (--max-documents).")
+                                     f"most {args.max_documents} (--max-documents).")
         try:
             prepared = await run_in_threadpool(engine.prepare, body.query, body.documents)
         except RequestError as exc:
@@ -446,8 +369,8 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
     async def health() -> Health:
         return Health(
             status="ok",
-            model=config.model,
-            served_model_names=config.served_model_names,
+            model=model_args.model,
+            served_model_names=served,
             device=str(engine.model.device),
             dtype=str(next(engine.model.model.parameters()).dtype).removeprefix("torch."),
             max_seq_length=engine.max_seq_length,
@@ -460,14 +383,8 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvicorn
-
-    app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
-
-
-if __name__ == "__main__":
-    main()
+def main(args: ServeArguments, model_args: ModelArguments) -> None:
+    """``zerank serve``: load the model and serve it with uvicorn until interrupted."""
+    logging.getLogger().setLevel(args.log_level.upper())
+    app = create_app(args, model_args)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

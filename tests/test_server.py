@@ -1,4 +1,4 @@
-"""scripts/serve.py: the ZeroEntropy-compatible rerank API, checked with the official zeroentropy SDK."""
+"""zerank.server (`zerank serve`): the ZeroEntropy-compatible rerank API, checked with the official zeroentropy SDK."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 import zeroentropy
 from fastapi.testclient import TestClient
 
-from serve import RERANK_PATH, RerankEngine, ServeConfig, create_app, load_model, parse_args
+from zerank import cli
+from zerank.arguments import ModelArguments, ServeArguments
+from zerank.loading import load_from_arguments
+from zerank.server import RERANK_PATH, RerankEngine, create_app
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
 QUERY = "What is the capital of France?"
 DOCUMENTS = [
@@ -34,8 +36,6 @@ DOCUMENTS = [
 @contextmanager
 def running_server(app, timeout: float = 60.0):
     """uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread."""
-    import uvicorn
-
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -60,7 +60,7 @@ def sdk(base_url: str, api_key: str = KEY) -> zeroentropy.ZeroEntropy:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir, tiny_cross_encoder):
-    app = create_app(ServeConfig(model=str(tiny_model_dir), api_key=KEY), model=tiny_cross_encoder)
+    app = create_app(ServeArguments(api_key=KEY), ModelArguments(model=str(tiny_model_dir)), model=tiny_cross_encoder)
     with running_server(app) as url:
         yield url
 
@@ -153,35 +153,20 @@ def test_concurrent_clients_get_their_own_results(server_url, tiny_cross_encoder
     assert after["scoring_rounds"] - before["scoring_rounds"] <= clients * per_client
 
 
-def test_bench_serve_measures_every_request(server_url):
-    from bench_serve import make_workload, run_level, summarize
-
-    bodies = make_workload(6, documents=3, document_words=(0, 30), query_words=4, seed=1)
-    assert bodies == make_workload(6, documents=3, document_words=(0, 30), query_words=4, seed=1)
-    level = run_level(server_url, KEY, bodies, concurrency=3, progress=False)
-    assert level["concurrency"] == 3 and level["requests"] == 6
-    assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["max_ms"]
-    with pytest.raises(RuntimeError, match="401"):
-        run_level(server_url, "wrong", bodies[:1], concurrency=1, progress=False)
-    summary = summarize([0.01 * i for i in range(1, 101)], wall=4.0)
-    assert summary["requests_per_s"] == 25.0
-    assert summary["p50_ms"] == pytest.approx(505.0) and summary["p95_ms"] == pytest.approx(950.5)
-
-
 # --- limits and errors (in-process, through FastAPI's TestClient) ---
 
 
 @pytest.fixture(scope="module")
 def short_context_model(tiny_model_dir):
     """The tiny model with a 64-token context, so the query cap (half the context) is 32 tokens."""
-    return load_model(ServeConfig(model=str(tiny_model_dir), max_length=64, device="cpu"))
+    return load_from_arguments(ModelArguments(model=str(tiny_model_dir), max_length=64, device="cpu"))
 
 
 def limited_client(model, **overrides) -> TestClient:
-    settings = {"api_key": KEY, "served_model_names": ["zerank-tiny"], "max_documents": 4,
+    settings = {"api_key": KEY, "served_model_name": ["zerank-tiny"], "max_documents": 4,
                 "max_request_bytes": 2000, "max_document_tokens": 8}
-    config = ServeConfig(model="tiny", **(settings | overrides))
-    return TestClient(create_app(config, model=model), headers={"Authorization": f"Bearer {KEY}"})
+    app = create_app(ServeArguments(**(settings | overrides)), ModelArguments(model="tiny"), model=model)
+    return TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
 
 
 def post(client, **body):
@@ -255,7 +240,7 @@ def test_openapi_schema_documents_the_api(short_context_model):
 
 def test_engine_merges_pending_requests_and_splits_results(tiny_cross_encoder):
     requests = [("q1", ["a", "bb " * 10, "c"]), ("a second query", ["d " * 30]), ("q3", ["e", "f " * 5])]
-    engine = RerankEngine(tiny_cross_encoder, ServeConfig(model="tiny", max_batch_tokens=10_000))
+    engine = RerankEngine(tiny_cross_encoder, ServeArguments(max_round_tokens=10_000))
 
     def submit_all():
         # Queued before the worker starts, so they are all pending when it looks.
@@ -270,7 +255,7 @@ def test_engine_merges_pending_requests_and_splits_results(tiny_cross_encoder):
         assert engine.scoring_rounds == 1 and engine.requests_scored == 3
         # Under a budget of 250 tokens, the third request (100 tokens) waits for the next round.
         engine.stop()
-        engine.config.max_batch_tokens = 250
+        engine.args.max_round_tokens = 250
         futures = submit_all()
         engine.start()
         for future in futures:
@@ -281,6 +266,12 @@ def test_engine_merges_pending_requests_and_splits_results(tiny_cross_encoder):
 
 
 # --- the command line ---
+
+
+def parse_args(argv: list[str]) -> ServeArguments:
+    args, model_args = cli.parse("serve", argv)
+    assert model_args.model == "m"
+    return args
 
 
 def test_refuses_a_public_address_without_an_api_key(monkeypatch, capsys):
@@ -296,15 +287,27 @@ def test_refuses_a_public_address_without_an_api_key(monkeypatch, capsys):
         parse_args(["--model", "m", "--max-documents", "0"])
 
 
+def test_command_line_flags(monkeypatch):
+    """--served-model-name takes space-separated ids; the round budget is apart from the model's batch budget."""
+    monkeypatch.delenv("ZERANK_API_KEY", raising=False)
+    args, model_args = cli.parse("serve", ["--model", "m", "--served-model-name", "a", "b",
+                                           "--max-round-tokens", "1000", "--max-batch-tokens", "512"])
+    assert args.served_model_name == ["a", "b"] and args.max_round_tokens == 1000
+    assert model_args.max_batch_tokens == 512
+    assert cli.parse("serve", ["--model", "m"])[0].max_round_tokens == 65536
+    with pytest.raises(SystemExit):
+        cli.parse("serve", ["--model", "m", "--max-round-tokens", "0"])
+
+
 @pytest.mark.slow
 def test_command_line_server_round_trip(tiny_model_dir, tiny_cross_encoder):
-    """`python scripts/serve.py` in a subprocess, called through the SDK."""
+    """`zerank serve` in a subprocess, called through the SDK."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(tiny_model_dir), "--port", str(port),
-         "--api-key", KEY, "--log-level", "warning"],
+        [sys.executable, "-m", "zerank.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
+         "--api-key", KEY, "--served-model-name", "zerank-tiny", "zerank-1", "--log-level", "warning"],
     )
     try:
         deadline = time.monotonic() + 180

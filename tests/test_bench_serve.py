@@ -1,0 +1,74 @@
+"""zerank.bench_serve (`zerank bench-serve`): the load test of the rerank server, on a `zerank serve` subprocess."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from zerank import cli
+from zerank.arguments import BenchServeArguments
+from zerank.bench_serve import ensure_model, make_workload, run_level, started_server, summarize
+
+KEY = "bench-key"
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model_dir):
+    """`zerank serve` of the tiny model in a subprocess (as `zerank bench-serve` starts it), with a small batch."""
+    with started_server(tiny_model_dir, KEY, max_batch_tokens=512, timeout=300) as url:
+        yield url
+
+
+def test_bench_serve_measures_every_request(server_url):
+    bodies = make_workload(6, documents=3, document_words=(0, 30), query_words=4, seed=1)
+    assert bodies == make_workload(6, documents=3, document_words=(0, 30), query_words=4, seed=1)
+    level = run_level(server_url, KEY, bodies, concurrency=3, progress=False)
+    assert level["concurrency"] == 3 and level["requests"] == 6
+    assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["max_ms"]
+    with pytest.raises(RuntimeError, match="401"):
+        run_level(server_url, "wrong", bodies[:1], concurrency=1, progress=False)
+    summary = summarize([0.01 * i for i in range(1, 101)], wall=4.0)
+    assert summary["requests_per_s"] == 25.0
+    assert summary["p50_ms"] == pytest.approx(505.0) and summary["p95_ms"] == pytest.approx(950.5)
+
+
+def test_main_reports_one_level_of_a_running_server(server_url, tmp_path):
+    """A tiny run through the command line: every request answered, the report written as JSON."""
+    before = httpx.get(f"{server_url}/health").json()
+    report = cli.main(["bench-serve", "--url", server_url + "/", "--api-key", KEY, "--concurrency", "2",
+                       "--requests", "5", "--warmup", "1", "--documents", "2", "--document-words", "0", "10",
+                       "--output-dir", str(tmp_path)])
+    assert set(report) == {"server", "workload", "machine", "levels"}
+    assert report["workload"] == {"requests_per_level": 5, "documents_per_request": 2, "document_words": [0, 10],
+                                  "query_words": 8, "seed": 0}
+    [level] = report["levels"]
+    assert level["concurrency"] == 2 and level["requests"] == 5
+    assert 1.0 <= level["requests_per_round"] <= 2.0
+    assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["max_ms"] and level["requests_per_s"] > 0
+    server = report["server"]
+    assert server["status"] == "ok" and server["queued"] == 0
+    assert server["requests_scored"] - before["requests_scored"] == 1 + 5  # warm-up and measured requests
+    assert server["pairs_scored"] - before["pairs_scored"] == (1 + 5) * 2
+    assert json.loads((tmp_path / "bench_serve.json").read_text()) == report
+
+
+def test_only_the_default_model_is_built(tiny_model_dir, tmp_path):
+    assert ensure_model(tiny_model_dir) == tiny_model_dir
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ensure_model(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="document-words"):
+        BenchServeArguments(document_words=[5, 1])
+
+
+@pytest.mark.slow
+def test_default_run_builds_the_tiny_model_and_starts_a_server(tmp_path, monkeypatch):
+    """`zerank bench-serve` with its defaults but a tiny workload: builds build/tiny, starts and stops the server."""
+    monkeypatch.chdir(tmp_path)
+    report = cli.main(["bench-serve", "--concurrency", "1", "2", "--requests", "3", "--warmup", "0",
+                       "--documents", "2", "--max-batch-tokens", "256", "--output-dir", "out"])
+    assert (tmp_path / "build" / "tiny" / "config.json").exists()
+    assert [level["requests"] for level in report["levels"]] == [3, 3]
+    assert report["server"]["requests_scored"] == 6
+    assert (tmp_path / "out" / "bench_serve.json").exists()
