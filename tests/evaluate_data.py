@@ -9,6 +9,7 @@ queries without judgments and documents with empty titles.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -69,3 +70,18 @@ def write_synthetic_beir(folder: Path, *, n_queries: int = 12, negatives_per_que
         rows = "".join(f"{q}\t{d}\t{g}\n" for q, d, g in judgments if q in chosen)
         (folder / "qrels" / f"{name}.tsv").write_text(header + rows)
     return folder
+
+
+def ndcg_ceiling(qrels: dict[str, dict[str, int]], candidates: dict[str, dict[str, float]], k: int = 10) -> float:
+    """Best NDCG@k any order of the candidates reaches (linear gains, as trec_eval), averaged over qrels' queries:
+    an independent reference for the oracle reranker."""
+
+    def dcg(gains):
+        return sum(g / math.log2(i + 2) for i, g in enumerate(sorted(gains, reverse=True)[:k]))
+
+    values = []
+    for qid, judged in qrels.items():
+        ideal = dcg([g for g in judged.values() if g > 0])
+        best = dcg([max(judged.get(d, 0), 0) for d in candidates.get(qid, {})])
+        values.append(best / ideal if ideal else 0.0)
+    return sum(values) / len(values)

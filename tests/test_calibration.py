@@ -1,4 +1,4 @@
-"""scripts/calibrate.py: the temperature/bias fit, calibration metrics, labelled pairs, the cache and --write."""
+"""zerank.calibration: the temperature/bias fit, calibration metrics, labelled pairs, the cache and --write."""
 
 from __future__ import annotations
 
@@ -12,19 +12,23 @@ import torch
 from evaluate_data import write_synthetic_beir
 from sentence_transformers import CrossEncoder
 
-import calibrate
-from beir import BM25Settings, FirstStage, load_beir
-from calibrate import (
+from zerank import calibration, cli
+from zerank.calibration import (
+    CACHE_KEY_IGNORED_FIELDS,
     MAX_TEMPERATURE,
-    calibrated_scores,
     calibration_metrics,
     fit_temperature_bias,
-    holdout_mask,
-    main,
-    pairs_from_beir,
-    pairs_from_jsonl,
+    load_pairs,
+    model_fingerprint,
     precision_thresholds,
 )
+from zerank.data import load_beir
+from zerank.retrieval import BM25Settings, FirstStage
+from zerank.scoring import calibrated_score
+
+
+def calibrate(*argv: str) -> dict:
+    return cli.main(["calibrate", *argv])
 
 
 def logistic_sample(temperature, bias, n, seed):
@@ -47,8 +51,8 @@ def test_fit_recovers_the_temperature_and_bias_of_a_logistic_model(temperature, 
 def test_fitting_lowers_calibration_error_on_held_out_data():
     raw, labels = logistic_sample(3.0, 2.0, 20_000, seed=2)
     temperature, bias = fit_temperature_bias(raw[:10_000], labels[:10_000])
-    before = calibration_metrics(calibrated_scores(raw[10_000:], 5.0, 0.0), labels[10_000:])
-    after = calibration_metrics(calibrated_scores(raw[10_000:], temperature, bias), labels[10_000:])
+    before = calibration_metrics(calibrated_score(raw[10_000:], 5.0, 0.0), labels[10_000:])
+    after = calibration_metrics(calibrated_score(raw[10_000:], temperature, bias), labels[10_000:])
     assert after["ece"] < before["ece"] / 3
     assert after["log_loss"] < before["log_loss"] and after["brier"] < before["brier"]
 
@@ -89,9 +93,10 @@ def test_fit_rejects_unusable_input_and_never_inverts_the_ranking():
 
 # --- labelled pairs ---------------------------------------------------------------------------------------------
 
-def test_pairs_from_beir_take_judged_positives_and_unjudged_or_irrelevant_candidates(tmp_path):
+def test_load_pairs_from_a_beir_folder_takes_judged_positives_and_first_stage_negatives(tmp_path):
     folder = write_synthetic_beir(tmp_path / "beir", n_queries=6)
-    pairs = pairs_from_beir(folder, "test", FirstStage("bm25", BM25Settings(stemmer="none")), top_k=4)
+    first_stage = FirstStage("bm25", BM25Settings(stemmer="none"))
+    pairs = load_pairs(folder, split="test", first_stage=first_stage, top_k=4)
     data = load_beir(folder, "test")
     for qid in data.judged_query_ids:
         rows = [i for i, g in enumerate(pairs.groups) if g == qid]
@@ -99,33 +104,39 @@ def test_pairs_from_beir_take_judged_positives_and_unjudged_or_irrelevant_candid
         assert positives == {data.document(d) for d, g in data.qrels[qid].items() if g >= 1}
         negatives = [pairs.documents[i] for i in rows if pairs.labels[i] == 0]
         assert len(negatives) <= 4 and not positives & set(negatives)
-    strict = pairs_from_beir(folder, "test", FirstStage("bm25", BM25Settings(stemmer="none")), top_k=4,
-                             relevance_level=2)
+    strict = load_pairs(folder, split="test", first_stage=first_stage, top_k=4, relevance_level=2)
     assert strict.labels.sum() == 6  # only the grade-2 document of each query
+    assert set(load_pairs(folder, first_stage=first_stage, top_k=4, max_queries=2).groups) == {"q0", "q1"}
 
 
-def test_pairs_from_jsonl_reads_both_row_formats_and_names_bad_rows(tmp_path):
+def test_load_pairs_from_jsonl_and_other_files(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"query": "q1", "document": "a", "label": 2}) + "\n"
-                    + json.dumps({"query": "q1", "document": "b", "label": 0}) + "\n\n"
-                    + json.dumps({"query": "q2", "positive": "c", "negatives": ["d", "e"]}) + "\n")
-    pairs = pairs_from_jsonl(path)
-    assert pairs.pairs == [("q1", "a"), ("q1", "b"), ("q2", "c"), ("q2", "d"), ("q2", "e")]
-    assert pairs.labels.tolist() == [1, 0, 1, 0, 0] and pairs.groups == ["q1", "q1", "q2", "q2", "q2"]
-    assert pairs_from_jsonl(path, label_threshold=3).labels.tolist()[:2] == [0, 0]
-    path.write_text('{"query": "q", "doc": "x", "label": 1}\n')
-    with pytest.raises(ValueError, match=r"pairs.jsonl:1: expected"):
-        pairs_from_jsonl(path)
+                    + json.dumps({"query": "q2", "positive": "c", "negatives": ["d"]}) + "\n")
+    assert load_pairs(path, relevance_level=3).labels.tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="BEIR folder or a .jsonl"):
+        load_pairs(tmp_path / "pairs.csv")
 
 
-def test_holdout_mask_keeps_each_query_on_one_side():
-    groups = [f"q{i // 3}" for i in range(30)]
-    mask = holdout_mask(groups, 0.3, seed=0)
-    held = {g for g, m in zip(groups, mask) if m}
-    assert mask.sum() == 9 and held.isdisjoint(g for g, m in zip(groups, mask) if not m)
-    assert (holdout_mask(groups, 0.3, seed=0) == mask).all() and not (holdout_mask(groups, 0.3, seed=1) == mask).all()
-    with pytest.raises(ValueError, match="two queries"):
-        holdout_mask(["q"] * 4, 0.5, 0)
+# --- the raw-logit cache key ------------------------------------------------------------------------------------
+
+def test_model_fingerprint_ignores_calibration_and_batching_fields_only(tiny_model_dir, tmp_path):
+    assert {"score_temperature", "score_bias", "max_batch_tokens", "cpu_max_batch_tokens",
+            "accelerator_max_batch_tokens", "share_query_prefix", "min_shared_prefix_tokens"} <= set(
+        CACHE_KEY_IGNORED_FIELDS)
+    assert not {"yes_token_id", "max_query_tokens"} & set(CACHE_KEY_IGNORED_FIELDS)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    reference = model_fingerprint(str(model))
+    config = json.loads((model / "config.json").read_text())
+    for key, value in {"score_temperature": 2.0, "score_bias": 1.0, "cpu_max_batch_tokens": 64,
+                       "share_query_prefix": False, "max_batch_tokens": 128}.items():
+        (model / "config.json").write_text(json.dumps({**config, key: value}))
+        assert model_fingerprint(str(model)) == reference, key
+    for key, value in {"yes_token_id": 1, "max_query_tokens": 16}.items():
+        (model / "config.json").write_text(json.dumps({**config, key: value}))
+        assert model_fingerprint(str(model)) != reference, key
+    assert model_fingerprint("org/some-hub-id") == {"model": "org/some-hub-id"}
 
 
 # --- command line on the tiny model -----------------------------------------------------------------------------
@@ -153,7 +164,7 @@ def test_calibrate_cli_writes_a_config_that_scores_as_fitted_and_reuses_its_cach
     shutil.copytree(tiny_model_dir, model)
     original = (model / "config.json").read_text()
     out = tmp_path / "calib"
-    result = main(["--model", str(model), "--data", str(path), "--output-dir", str(out), "--write"])
+    result = calibrate("--model", str(model), "--data", str(path), "--output-dir", str(out), "--write")
 
     saved = json.loads((out / "calibration.json").read_text())
     assert saved["temperature"] == result["temperature"] and saved["bias"] == result["bias"]
@@ -164,6 +175,8 @@ def test_calibrate_cli_writes_a_config_that_scores_as_fitted_and_reuses_its_cach
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert "| after (T=" in (out / "calibration.md").read_text()
     assert json.loads(next(model.glob("config.json.*.bak")).read_text()) == json.loads(original)
+    assert set(saved["thresholds"]["after"]) == {"0.5", "0.8", "0.9", "0.95"}  # the default targets
+    assert not list(out.glob(".*.tmp")) and not list(model.glob(".*.tmp"))  # atomic writes leave nothing behind
 
     scores = CrossEncoder(str(model), trust_remote_code=True, device="cpu").predict(pairs)
     expected = 1 / (1 + np.exp(-(raw.astype(np.float64) - saved["bias"]) / saved["temperature"]))
@@ -172,22 +185,29 @@ def test_calibrate_cli_writes_a_config_that_scores_as_fitted_and_reuses_its_cach
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although its raw logits are cached")
 
-    monkeypatch.setattr(calibrate, "load_cross_encoder", no_model)
-    again = main(["--model", str(model), "--data", str(path), "--output-dir", str(out)])
+    monkeypatch.setattr(calibration, "load_from_arguments", no_model)
+    again = calibrate("--model", str(model), "--data", str(path), "--output-dir", str(out),
+                      "--precision-targets", "0.7", "0.99", "--max-batch-tokens", "256")
     assert again["cache"]["hit"] and again["temperature"] == pytest.approx(saved["temperature"], rel=1e-9)
     assert again["initial"] == {"temperature": saved["temperature"], "bias": saved["bias"]}
+    assert set(again["thresholds"]["after"]) == {"0.7", "0.99"}  # space-separated targets
 
 
-def test_calibrate_cli_on_a_beir_folder_and_its_argument_errors(tiny_model_dir, tmp_path):
+def test_calibrate_cli_on_a_beir_folder_and_its_argument_errors(tiny_model_dir, tmp_path, capsys):
     folder = write_synthetic_beir(tmp_path / "beir", n_queries=6)
     out = tmp_path / "calib"
-    result = main(["--model", str(tiny_model_dir), "--data", str(folder), "--top-k", "3", "--bm25-stemmer", "none",
-                   "--output-dir", str(out)])
+    result = calibrate("--model", str(tiny_model_dir), "--data", str(folder), "--top-k", "3", "--bm25-stemmer",
+                       "none", "--output-dir", str(out))
     assert result["fit"]["queries"] + result["heldout"]["queries"] == 6
     assert result["fit"]["pairs"] + result["heldout"]["pairs"] == len(np.load(result["cache"]["file"])["raw"])
     assert result["fit_log_loss"]["after"] <= result["fit_log_loss"]["before"] + 1e-12
     assert not list(tiny_model_dir.glob("config.json.*.bak"))  # no --write, no change
-    with pytest.raises(SystemExit):
-        main(["--model", "org/some-hub-id", "--data", str(folder), "--output-dir", str(out), "--write"])
+    with pytest.raises(ValueError, match="--write needs --model to be a local folder"):
+        calibrate("--model", "org/some-hub-id", "--data", str(folder), "--output-dir", str(out), "--write")
     with pytest.raises(ValueError, match="BEIR folder or a .jsonl"):
-        main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "pairs.csv"), "--output-dir", str(out)])
+        calibrate("--model", str(tiny_model_dir), "--data", str(tmp_path / "pairs.csv"), "--output-dir", str(out))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as error:
+        calibrate("--model", str(tiny_model_dir), "--data", str(folder), "--output-dir", str(out),
+                  "--precision-targets", "0.5", "1.5")
+    assert error.value.code == 2 and "--precision-targets" in capsys.readouterr().err
