@@ -1,4 +1,4 @@
-"""scripts/publish.py end to end: the real huggingface_hub client against tests/hub_server.py, a local Hub server.
+"""zerank publish end to end: the real huggingface_hub client against tests/hub_server.py, a local Hub server.
 
 huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET and HF_HOME at import, so every client that talks to the server
 runs in a subprocess with that environment; checks that need no hub (folder validation, dry run) run in-process.
@@ -20,16 +20,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hub_server import HubServer
 from safetensors.torch import load_file, save_file
 
-import publish
-from build import ROOT, VERIFY_PAIRS, BuildArgs, render_model_card
-from hub_server import HubServer
 from modeling_zerank import ZerankConfig
+from zerank import publish
+from zerank.arguments import BuildArguments
+from zerank.cli import main as cli_main
+from zerank.package import PROBE_PAIRS, render_model_card
 
 TOKEN = "hf_zerankTestToken9f3c1d7a"
 REPO = "acme/zerank-tiny"
-PUBLISH = ROOT / "scripts" / "publish.py"
+PUBLISH = ["-m", "zerank.cli", "publish"]
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +42,13 @@ def hub():
 
 @pytest.fixture(scope="session")
 def release_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny built model with the card `build.py --repo-id acme/zerank-tiny --base-model-id ...` writes."""
+    """The tiny built model with the card `zerank build --repo-id acme/zerank-tiny --base-model-id ...` writes."""
     out = tmp_path_factory.mktemp("release") / "zerank-tiny"
     shutil.copytree(tiny_model_dir, out)
-    args = BuildArgs(out=out, base="Qwen/Qwen3-0.6B", repo_id=REPO, base_model_id="Qwen/Qwen3-0.6B")
-    (out / "README.md").write_text(render_model_card(ZerankConfig.from_pretrained(out), args, "Qwen/Qwen3-0.6B"))
+    args = BuildArguments(out=out, base="Qwen/Qwen3-0.6B", repo_id=REPO, base_model_id="Qwen/Qwen3-0.6B")
+    card = render_model_card(ZerankConfig.from_pretrained(out), repo_id=args.repo_id, base_model="Qwen/Qwen3-0.6B",
+                             max_length=args.max_length, base_model_id=args.base_model_id)
+    (out / "README.md").write_text(card)
     return out
 
 
@@ -58,13 +62,14 @@ def hub_env(hub: HubServer, home: Path, token: str | None = TOKEN, **extra: str)
 
 
 def run(argv: list, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *map(str, argv)], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, *map(str, argv)], env=env, capture_output=True, text=True, timeout=600,
+                            check=False)
     assert TOKEN not in result.stdout + result.stderr, "the token leaked into the output"
     return result
 
 
-def run_publish(hub, home, *argv, **env) -> subprocess.CompletedProcess:
-    return run([PUBLISH, *argv], hub_env(hub, home, **env))
+def run_publish(hub, home, folder, *argv, **env) -> subprocess.CompletedProcess:
+    return run([*PUBLISH, "--folder", folder, *argv], hub_env(hub, home, **env))
 
 
 def local_files(folder: Path) -> dict[str, bytes]:
@@ -110,9 +115,8 @@ print(json.dumps(out))
 
 CLIENT_CROSS_ENCODER = r"""
 import json, sys
-sys.path.insert(0, sys.argv[4])
 from sentence_transformers import CrossEncoder
-from scoring import score_pairs
+from zerank.scoring import score_pairs
 model = CrossEncoder(sys.argv[1], revision=sys.argv[2], trust_remote_code=True, device="cpu")
 print(json.dumps(score_pairs(model, [tuple(p) for p in json.loads(sys.argv[3])]).tolist()))
 """
@@ -130,7 +134,7 @@ def downloads(hub, published, tmp_path_factory):
 def hub_loads(hub, published, tmp_path_factory):
     """CrossEncoder(repo, revision=<commit>) in a fresh process and fresh cache, then again with HF_HUB_OFFLINE=1."""
     home = tmp_path_factory.mktemp("user-hf-home")
-    argv = ["-c", CLIENT_CROSS_ENCODER, REPO, published.commit, json.dumps(VERIFY_PAIRS), ROOT / "scripts"]
+    argv = ["-c", CLIENT_CROSS_ENCODER, REPO, published.commit, json.dumps(PROBE_PAIRS)]
     loads = {}
     for mode, extra in (("online", {}), ("offline", {"HF_HUB_OFFLINE": "1"})):
         before = len(hub.requests)
@@ -191,15 +195,14 @@ def test_cross_encoder_loads_from_the_hub_then_offline_from_the_cache(hub_loads,
 WRONG_TOKEN = "hf_wrongTokenValue123456"
 SECOND_ROUND = r"""
 import json, os, sys
-sys.path.insert(0, sys.argv[1])
-import publish
+from zerank.cli import main
 codes = []
-for token, argv in json.loads(sys.argv[2]):
+for token, argv in json.loads(sys.argv[1]):
     if token is None:
         os.environ.pop("HF_TOKEN", None)
     else:
         os.environ["HF_TOKEN"] = token
-    codes.append(publish.main(argv))
+    codes.append(main(["publish", *argv]))
 print("CODES", json.dumps(codes))
 """
 
@@ -210,18 +213,18 @@ def second_round(hub, published, release_dir):
     must refuse (wrong token, no token, --private on a public repo, a tag that would move); one whose tag request
     fails on the hub, after the verification."""
     cases = [
-        (TOKEN, [release_dir, "--repo", REPO, "--tag", "v1.0"]),
-        (WRONG_TOKEN, [release_dir, "--repo", REPO]),
-        (None, [release_dir, "--repo", REPO]),
-        (TOKEN, [release_dir, "--repo", REPO, "--private"]),
-        (TOKEN, [release_dir, "--repo", REPO, "--revision", "staging", "--tag", "v1.0"]),
-        (TOKEN, [release_dir, "--repo", REPO, "--tag", "v1.1"]),  # the hub fails the tag request
+        (TOKEN, ["--folder", release_dir, "--repo", REPO, "--tag", "v1.0"]),
+        (WRONG_TOKEN, ["--folder", release_dir, "--repo", REPO]),
+        (None, ["--folder", release_dir, "--repo", REPO]),
+        (TOKEN, ["--folder", release_dir, "--repo", REPO, "--private"]),
+        (TOKEN, ["--folder", release_dir, "--repo", REPO, "--revision", "staging", "--tag", "v1.0"]),
+        (TOKEN, ["--folder", release_dir, "--repo", REPO, "--tag", "v1.1"]),  # the hub fails the tag request
     ]
     hub.fail_next("POST", r"/tag/", 500)
     repo = hub.repo(REPO)
     state = (len(repo.commits), dict(repo.branches), dict(repo.tags), len(hub.repos), len(hub.lfs_store))
     cases_json = json.dumps([(token, [str(a) for a in argv]) for token, argv in cases])
-    result = run(["-c", SECOND_ROUND, ROOT / "scripts", cases_json], hub_env(hub, published.home, token=None))
+    result = run(["-c", SECOND_ROUND, cases_json], hub_env(hub, published.home, token=None))
     codes = re.search(r"CODES (.*)", result.stdout)
     assert codes, result.stderr[-4000:]
     return SimpleNamespace(result=result, codes=json.loads(codes.group(1)), state_before=state)
@@ -378,10 +381,10 @@ def test_cli_lists_every_problem_and_contacts_no_hub(hub, release_dir, tmp_path,
     folder = clone(release_dir, tmp_path / "model")
     drop_auto_map(folder)
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)  # main() sets it from --endpoint: restored after the test
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)  # as a publisher's shell would have it
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     before = len(hub.requests)
-    assert publish.main([str(folder), "--repo", REPO, "--endpoint", hub.url]) == 2
+    assert cli_main(["publish", "--folder", str(folder), "--repo", REPO, "--endpoint", hub.url]) == 2
     assert "auto_map" in caplog.text and "pickle-based weight files" in caplog.text
     assert "Nothing was uploaded." in caplog.text and len(hub.requests) == before
 
@@ -401,9 +404,9 @@ def test_dry_run_shows_files_and_card_and_uploads_nothing(hub, release_dir, monk
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     before = len(hub.requests)
-    argv = [str(release_dir), "--repo", "acme/other", "--retarget-card", "--tag", "v2", "--dry-run",
-            "--endpoint", hub.url]
-    assert publish.main(argv) == 0
+    argv = ["publish", "--folder", str(release_dir), "--repo", "acme/other", "--retarget-card", "--tag", "v2",
+            "--dry-run", "--endpoint", hub.url]
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert len(hub.requests) == before and hub.repo("acme/other") is None
     size = (release_dir / "model.safetensors").stat().st_size
@@ -422,7 +425,7 @@ def test_dry_run_shows_files_and_card_and_uploads_nothing(hub, release_dir, monk
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        publish.parse_args(["some/folder", *argv])
+        cli_main(["publish", "--folder", "some/folder", *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 

@@ -1,17 +1,20 @@
 """Publish a built zerank folder to a Hugging Face Hub model repo: validate, upload in one commit, verify, tag.
 
-Usage:
-    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --tag v1.0 --dry-run   # what would be uploaded
-    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --tag v1.0             # publish
-    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --revision staging     # a branch (created if new)
-    python scripts/publish.py build/zerank-1 --repo org/zerank-1 --create-pr            # open a pull request
-    HF_ENDPOINT=https://hub.internal python scripts/publish.py ...                      # or --endpoint, self-hosted
+Run by ``zerank publish``:
+
+    zerank publish --folder build/zerank-1 --repo org/zerank-1 --tag v1.0 --dry-run   # what would be uploaded
+    zerank publish --folder build/zerank-1 --repo org/zerank-1 --tag v1.0             # publish
+    zerank publish --folder build/zerank-1 --repo org/zerank-1 --revision staging     # a branch (created if new)
+    zerank publish --folder build/zerank-1 --repo org/zerank-1 --create-pr            # open a pull request
+    zerank publish --folder build/zerank-1 --repo org/zerank-1 --endpoint https://hub.internal  # self-hosted hub
 
 The token comes from the usual huggingface_hub sources (HF_TOKEN, `hf auth login`); it is never printed or logged.
+The hub is ``--endpoint`` when given, else huggingface_hub's own (``$HF_ENDPOINT`` or huggingface.co); every hub call
+names it explicitly.
 
 Steps, each logged; nothing is uploaded unless every check passes:
  1. Validate the folder (every problem is listed at once): config.json maps `auto_map` to modeling_zerank;
-    modeling_zerank.py and zerank_st.py are byte-identical to this package's; weights are safetensors only (no
+    modeling_zerank.py and zerank_st.py are byte-identical to this installation's; weights are safetensors only (no
     .bin/.pt/.pkl...) and hold exactly the tensors the model expects; the tokenizer files and chat_template.jinja are
     there; README.md carries license, base_model, `pipeline_tag: text-ranking`, `library_name: sentence-transformers`
     and tags, and its usage snippets name the target repo. Then a smoke test loads the folder with CrossEncoder
@@ -21,7 +24,7 @@ Steps, each logged; nothing is uploaded unless every check passes:
     the folder: remote files missing from the folder are deleted in the same commit (.gitattributes is kept).
     An unchanged folder makes no new commit.
  3. Verify the exact commit: download it into a fresh cache, compare every file's sha256 with the local file,
-    load it with CrossEncoder(repo, revision=<commit>) and compare its scores with the local folder's.
+    load that download with CrossEncoder (its own remote code) and compare its scores with the local folder's.
  4. Create --tag on that commit, and print the commit id and a usage snippet pinned to it.
 
 A card whose snippets name another repo (e.g. built with the default --repo-id) is refused; --retarget-card uploads
@@ -31,31 +34,42 @@ Files never uploaded: build_report.json (it holds local paths), hidden files, __
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import gc
 import hashlib
 import json
 import logging
-import os
 import re
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+from huggingface_hub import HfApi, ModelCard, constants, get_token, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = Path(__file__).resolve().parent
-for path in (str(ROOT), str(SCRIPTS)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from modeling_zerank import ZerankConfig, ZerankForSequenceClassification
+from zerank.arguments import PublishArguments
+from zerank.loading import load_reranker
+from zerank.package import (
+    AUTO_MAP,
+    PROBE_PAIRS,
+    TEMPLATE_FILE,
+    TOKENIZER_FILES,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX,
+    weight_map,
+)
+from zerank.resources import remote_code_files
+from zerank.scoring import score_pairs
+from zerank.system import atomic_write_json
 
-logger = logging.getLogger("zerank.publish")
+logger = logging.getLogger(__name__)
 
-PACKAGE_FILES = ("modeling_zerank.py", "zerank_st.py")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+REPORT_FILE = "publish_report.json"
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 NOT_UPLOADED = ("build_report.json", ".*", "*/.*", "__pycache__", "*/__pycache__", "*.pyc")
 REQUIRED_METADATA = {"pipeline_tag": "text-ranking", "library_name": "sentence-transformers"}
@@ -65,6 +79,8 @@ LFS_PATTERNS = ("*.bin", "*.ckpt", "*.h5", "*.msgpack", "*.npy", "*.npz", "*.onn
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 SNIPPET_REPO_RE = re.compile(r"""(?:CrossEncoder|from_pretrained)\(\s*["']([^"']+)["']""")
 MAX_SCORE_DIFF = 1e-6
+# Loggers that write one INFO line per HTTP request.
+NOISY_LOGGERS = ("httpx", "httpx2")
 
 
 class PublishRefused(Exception):
@@ -73,22 +89,6 @@ class PublishRefused(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("Refusing to publish:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass
-class PublishArgs:
-    folder: Path
-    repo: str
-    revision: str = "main"
-    tag: str | None = None
-    private: bool = False
-    message: str | None = None
-    create_pr: bool = False
-    dry_run: bool = False
-    endpoint: str | None = None
-    retarget_card: bool = False
-    output_dir: Path | None = None
-    seed: int = 0
 
 
 @dataclass
@@ -110,50 +110,30 @@ class Progress:
         logger.info("Done: %s", step)
 
 
-def parse_args(argv: list[str] | None = None) -> PublishArgs:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="Built zerank folder (scripts/build.py --out).")
-    parser.add_argument("--repo", required=True, help="Target model repo, org/name.")
-    parser.add_argument("--revision", default="main", help="Branch to commit to (created from main if new).")
-    parser.add_argument("--tag", help="Tag to create on the verified commit (e.g. v1.0).")
-    parser.add_argument("--private", action="store_true", help="Create the repo private; refuse a public one.")
-    parser.add_argument("--message", help="Commit message (default: 'Publish zerank from <folder name>').")
-    parser.add_argument("--create-pr", action="store_true", help="Open a pull request against main, not a commit.")
-    parser.add_argument("--dry-run", action="store_true", help="Validate, show what would be uploaded, upload nothing.")
-    parser.add_argument("--endpoint", help="Hub URL for self-hosted hubs (default: $HF_ENDPOINT or huggingface.co).")
-    parser.add_argument(
-        "--retarget-card", action="store_true",
-        help="Upload the card with its repo id replaced by --repo instead of refusing a card that names another repo.",
-    )
-    parser.add_argument("--output-dir", type=Path, help="Write publish_report.json there.")
-    parser.add_argument("--seed", type=int, default=0, help="Torch seed for the smoke test and the verification.")
-    ns = parser.parse_args(argv)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", ns.repo) or "--" in ns.repo or ".." in ns.repo:
-        parser.error(f"--repo must look like org/name, got {ns.repo!r}")
-    for name, value in (("--tag", ns.tag), ("--revision", ns.revision)):
-        if value is not None and (not re.fullmatch(r"[\w.\-/]+", value) or ".." in value or value[0] in "-/."):
-            parser.error(f"{name} {value!r} is not a valid git ref name")
-    if ns.create_pr and ns.revision != "main":
-        parser.error("--create-pr opens a pull request against main: it cannot be combined with --revision")
-    if ns.create_pr and ns.tag:
-        parser.error("--tag with --create-pr would tag an unmerged pull request: tag after merging instead")
-    return PublishArgs(**vars(ns))
+@dataclass
+class RemoteState:
+    exists: bool
+    branches: dict[str, str] = field(default_factory=dict)  # name -> commit
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 # --- the upload plan ---
 
 
 def not_uploaded(relpath: str) -> bool:
+    """Whether a file (path relative to the folder) is left out of the upload."""
     return any(fnmatch.fnmatch(relpath, p) or fnmatch.fnmatch(relpath.split("/")[0], p) for p in NOT_UPLOADED)
 
 
 def predicted_mode(relpath: str, size: int, sample: bytes) -> str:
+    """"lfs" or "regular": how the Hub will store the file, from its name, size and first bytes."""
     name = relpath.rsplit("/", 1)[-1]
     lfs = any(fnmatch.fnmatch(name, p) for p in LFS_PATTERNS) or size >= LFS_SIZE_THRESHOLD or b"\0" in sample
     return "lfs" if lfs else "regular"
 
 
 def sha256_file(path: Path, progress: tqdm | None = None) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (``progress`` advances by the bytes read)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -188,6 +168,7 @@ def upload_plan(folder: Path, card: str) -> tuple[list[PlannedFile], list[str]]:
 
 
 def card_snippet_repos(card: str) -> list[str]:
+    """The repo ids the card's usage snippets load (``CrossEncoder("...")``, ``from_pretrained("...")``)."""
     return SNIPPET_REPO_RE.findall(card)
 
 
@@ -197,12 +178,11 @@ def retarget(card: str, old: str, new: str) -> str:
 
 
 def card_problems(card: str, repo: str) -> list[str]:
-    from huggingface_hub import ModelCard
-
+    """What the model card lacks for the hub (metadata) or gets wrong (snippets naming another repo)."""
     problems = []
     try:
         metadata = ModelCard(card, ignore_metadata_errors=False).data.to_dict()
-    except Exception as e:  # the card's YAML block is unreadable
+    except Exception as e:  # noqa: BLE001 -- the card's YAML block is unreadable (yaml and hub errors alike)
         return [f"README.md: its metadata block cannot be parsed ({e})"]
     if not metadata.get("license"):
         problems.append("README.md metadata: no license")
@@ -228,35 +208,29 @@ def card_problems(card: str, repo: str) -> list[str]:
 
 def weight_problems(folder: Path) -> list[str]:
     """Safetensors weights holding exactly the tensors (names, shapes) that ZerankForSequenceClassification expects."""
-    import torch
-    from safetensors import safe_open
-
-    from modeling_zerank import ZerankConfig, ZerankForSequenceClassification
-
-    problems = []
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").exists():
-        shards = ["model.safetensors"]
-    elif index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        return problems + ["no model.safetensors or model.safetensors.index.json"]
+    try:
+        shards = sorted(set(weight_map(folder).values()))
+    except FileNotFoundError:
+        return [f"no {WEIGHTS_FILE} or {WEIGHTS_INDEX}"]
+    except Exception as e:  # noqa: BLE001 -- an unreadable index or single weights file
+        return [f"the weights cannot be read ({type(e).__name__}: {e})"]
     missing_shards = [s for s in shards if not (folder / s).exists()]
     if missing_shards:
-        return problems + [f"weight shards listed in the index are missing: {missing_shards}"]
+        return [f"weight shards listed in the index are missing: {missing_shards}"]
+    problems = []
     found: dict[str, tuple[int, ...]] = {}
     for shard in shards:
         try:
             with safe_open(folder / shard, framework="pt") as f:
-                found.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
-        except Exception as e:  # a truncated or corrupt file
+                found.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
+        except Exception as e:  # noqa: BLE001 -- a truncated or corrupt file
             problems.append(f"{shard} is not a readable safetensors file ({e})")
     if problems:
         return problems
     try:
         with torch.device("meta"):
             model = ZerankForSequenceClassification(ZerankConfig.from_pretrained(folder))
-    except Exception as e:  # an invalid config (e.g. yes_token_id outside the vocabulary)
+    except Exception as e:  # noqa: BLE001 -- an invalid config (e.g. yes_token_id outside the vocabulary)
         return [f"config.json does not describe a valid zerank model ({type(e).__name__}: {e})"]
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if set(expected) - set(found):
@@ -271,8 +245,6 @@ def weight_problems(folder: Path) -> list[str]:
 
 def folder_problems(folder: Path, repo: str, card: str | None) -> list[str]:
     """Every static problem of the folder (the smoke test comes after). ``card`` is the README that would go up."""
-    from build import AUTO_MAP
-
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
     problems = []
@@ -292,15 +264,16 @@ def folder_problems(folder: Path, repo: str, card: str | None) -> list[str]:
         for key, value in AUTO_MAP.items():
             if auto_map.get(key) != value:
                 problems.append(f"config.json: auto_map[{key!r}] must be {value!r}, got {auto_map.get(key)!r}")
-    for name in PACKAGE_FILES:
-        if not (folder / name).exists():
-            problems.append(f"{name} is missing (remote code: the hub copy is what users run)")
-        elif (folder / name).read_bytes() != (ROOT / name).read_bytes():
-            problems.append(f"{name} differs from this package's {ROOT / name} (rebuild the folder)")
+    for installed in remote_code_files():
+        local = folder / installed.name
+        if not local.exists():
+            problems.append(f"{installed.name} is missing (remote code: the hub copy is what users run)")
+        elif local.read_bytes() != installed.read_bytes():
+            problems.append(f"{installed.name} differs from this package's {installed} (rebuild the folder)")
     modules = folder / "modules.json"
     if not modules.exists() or "zerank_st.ZerankTransformer" not in modules.read_text():
         problems.append("modules.json is missing or does not load zerank_st.ZerankTransformer")
-    for name in (*TOKENIZER_FILES, "chat_template.jinja"):
+    for name in (*TOKENIZER_FILES, TEMPLATE_FILE):
         if not (folder / name).exists():
             problems.append(f"{name} is missing")
     unsafe = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in UNSAFE_WEIGHT_SUFFIXES)
@@ -315,30 +288,23 @@ def folder_problems(folder: Path, repo: str, card: str | None) -> list[str]:
     return problems
 
 
-def score_folder(source: str, seed: int, **kwargs):
-    """Load with CrossEncoder (remote code) and score the smoke pairs: float32 array, in input order."""
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    from build import VERIFY_PAIRS
-    from scoring import score_pairs
-
+def score_folder(folder: Path, seed: int) -> np.ndarray:
+    """Load a local folder with CrossEncoder (its remote code, float32 on the CPU) and score the probe pairs:
+    float32 array, in input order."""
     torch.manual_seed(seed)
-    model = CrossEncoder(source, trust_remote_code=True, device="cpu", **kwargs)
-    scores = score_pairs(model, VERIFY_PAIRS)
+    model = load_reranker(str(folder), device="cpu", dtype="float32")
+    scores = score_pairs(model, PROBE_PAIRS)
     del model
     gc.collect()
     return scores
 
 
-def smoke_test(folder: Path, seed: int):
-    """Scores of the smoke pairs, or PublishRefused when loading or scoring fails or gives non-finite / out-of-range
+def smoke_test(folder: Path, seed: int) -> np.ndarray:
+    """Scores of the probe pairs, or PublishRefused when loading or scoring fails or gives non-finite / out-of-range
     scores."""
-    import numpy as np
-
     try:
-        scores = score_folder(str(folder), seed)
-    except Exception as e:
+        scores = score_folder(folder, seed)
+    except Exception as e:  # noqa: BLE001 -- any failure to load or run the folder refuses the publish
         raise PublishRefused([f"smoke test: loading and scoring with CrossEncoder failed: {type(e).__name__}: {e}"])
     if not (np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()):
         raise PublishRefused([f"smoke test: scores must be finite and in [0, 1], got {scores.tolist()}"])
@@ -374,22 +340,10 @@ def stage(folder: Path, plan: list[PlannedFile], card: str, dest: Path) -> Path:
 # --- hub steps ---
 
 
-def check_endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
-    if endpoint and constants.ENDPOINT != endpoint.rstrip("/"):
-        raise RuntimeError(
-            f"huggingface_hub was imported with HF_ENDPOINT={constants.ENDPOINT}, not {endpoint}: set HF_ENDPOINT "
-            "before importing it (the CLI does), so that downloads and remote code use the same hub."
-        )
-    return constants.ENDPOINT
-
-
-def verify_commit(api, args: PublishArgs, commit: str, plan: list[PlannedFile], local_scores) -> dict:
-    """Download ``commit`` into a fresh cache, compare sha256 of every file and the CrossEncoder scores."""
-    import numpy as np
-    from huggingface_hub import snapshot_download
-
+def verify_commit(api: HfApi, args: PublishArguments, commit: str, plan: list[PlannedFile],
+                  local_scores: np.ndarray) -> dict:
+    """Download ``commit`` into a fresh cache, compare sha256 of every file, then load that download with
+    CrossEncoder (the remote code of the commit) and compare its scores with the local folder's."""
     with tempfile.TemporaryDirectory(prefix="zerank-verify-") as cache:
         logger.info("Verifying commit %s: downloading it into a fresh cache", commit)
         snapshot = Path(snapshot_download(args.repo, revision=commit, cache_dir=cache, endpoint=api.endpoint))
@@ -406,7 +360,7 @@ def verify_commit(api, args: PublishArgs, commit: str, plan: list[PlannedFile], 
         if problems:
             raise RuntimeError("Verification failed:\n" + "\n".join(f"  - {p}" for p in problems))
         logger.info("All %d files match their local sha256; loading the commit with CrossEncoder", len(plan))
-        hub_scores = score_folder(args.repo, args.seed, revision=commit, cache_folder=cache)
+        hub_scores = score_folder(snapshot, args.seed)
     diff = float(np.abs(hub_scores - local_scores).max())
     if not diff <= MAX_SCORE_DIFF:
         raise RuntimeError(f"Verification failed: hub scores {hub_scores.tolist()} != local {local_scores.tolist()}")
@@ -414,16 +368,15 @@ def verify_commit(api, args: PublishArgs, commit: str, plan: list[PlannedFile], 
 
 
 def pinned_snippet(repo: str, commit: str, endpoint: str) -> str:
+    """Python that loads ``repo`` pinned to ``commit`` (with a note on the endpoint of a self-hosted hub)."""
     lines = ["from sentence_transformers import CrossEncoder", ""]
-    from huggingface_hub import constants
-
     if endpoint != constants._HF_DEFAULT_ENDPOINT:
         lines.insert(0, f"# with HF_ENDPOINT={endpoint}")
     lines.append(f'model = CrossEncoder("{repo}", revision="{commit}", trust_remote_code=True)')
     return "\n".join(lines)
 
 
-def print_dry_run(args: PublishArgs, plan: list[PlannedFile], skipped: list[str], card: str) -> None:
+def print_dry_run(args: PublishArguments, plan: list[PlannedFile], skipped: list[str], card: str) -> None:
     print(f"\nDry run: would publish {args.folder} to {args.repo}@{args.revision}"
           + (f" and tag {args.tag}" if args.tag else "") + (" as a pull request" if args.create_pr else ""))
     print(f"\n{'file':<45} {'size':>12}  storage (predicted)")
@@ -438,33 +391,22 @@ def print_dry_run(args: PublishArgs, plan: list[PlannedFile], skipped: list[str]
     print("--- end of card ---\nDry run: nothing was uploaded.")
 
 
-@dataclass
-class RemoteState:
-    exists: bool
-    branches: dict[str, str] = field(default_factory=dict)  # name -> commit
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-def authenticate(endpoint: str):
-    """An HfApi for ``endpoint`` whose token (from the usual sources) the hub accepts; the token is never shown."""
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
+def authenticate(endpoint: str | None) -> HfApi:
+    """An HfApi for ``endpoint`` (None: huggingface_hub's default) whose token, from the usual sources, the hub
+    accepts; the token is never shown."""
     if get_token() is None:
         raise PublishRefused(["no Hugging Face token: set HF_TOKEN or run `hf auth login`"])
-    api = HfApi(endpoint=endpoint)
+    api = HfApi(endpoint=endpoint.rstrip("/") if endpoint else None)
     try:
         user = api.whoami()["name"]
     except HfHubHTTPError as e:
-        raise PublishRefused([f"{endpoint} rejected the token: {e}"])
-    logger.info("Authenticated on %s as %s", endpoint, user)
+        raise PublishRefused([f"{api.endpoint} rejected the token: {e}"])
+    logger.info("Authenticated on %s as %s", api.endpoint, user)
     return api
 
 
-def preflight(api, args: PublishArgs) -> RemoteState:
+def preflight(api: HfApi, args: PublishArguments) -> RemoteState:
     """Read-only checks of the target repo, so that nothing is written when the publish cannot complete."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     try:
         info = api.repo_info(args.repo)
     except RepositoryNotFoundError:
@@ -486,9 +428,10 @@ def preflight(api, args: PublishArgs) -> RemoteState:
     return state
 
 
-def publish(args: PublishArgs) -> dict:
-    """Validate, then (unless dry run) upload, verify and tag. Raises PublishRefused before any write to the hub."""
-    folder = args.folder
+def publish(args: PublishArguments) -> dict:
+    """Validate, then (unless dry run) upload, verify and tag; the report. Raises PublishRefused before any write
+    to the hub, RuntimeError (saying what was done) when a step on the hub fails."""
+    folder = Path(args.folder)
     card = prepare_card(folder, args.repo, args.retarget_card) if folder.is_dir() else None
     logger.info("Validating %s for %s", folder, args.repo)
     problems = folder_problems(folder, args.repo, card)
@@ -496,7 +439,7 @@ def publish(args: PublishArgs) -> dict:
         raise PublishRefused(problems)
     api = state = None
     if not args.dry_run:  # fail fast on credentials and the repo before the (slow, for a big model) smoke test
-        api = authenticate(check_endpoint(args.endpoint))
+        api = authenticate(args.endpoint)
         state = preflight(api, args)
     logger.info("Smoke test: loading %s with CrossEncoder", folder)
     local_scores = smoke_test(folder, args.seed)
@@ -522,7 +465,9 @@ def publish(args: PublishArgs) -> dict:
         ) from e
 
 
-def _publish_to_hub(api, args: PublishArgs, state: RemoteState, plan, card, local_scores, report, progress) -> dict:
+def _publish_to_hub(api: HfApi, args: PublishArguments, state: RemoteState, plan: list[PlannedFile], card: str,
+                    local_scores: np.ndarray, report: dict, progress: Progress) -> dict:
+    folder = Path(args.folder)
     url = api.create_repo(args.repo, private=args.private, exist_ok=True)
     if not state.exists:
         progress.record(f"repo {url} created")
@@ -535,11 +480,11 @@ def _publish_to_hub(api, args: PublishArgs, state: RemoteState, plan, card, loca
     head_before = state.branches[args.revision]
 
     with tempfile.TemporaryDirectory(prefix="zerank-publish-") as tmp:
-        staged = stage(args.folder, plan, card, Path(tmp))
+        staged = stage(folder, plan, card, Path(tmp))
         logger.info("Uploading %d files to %s@%s in one commit", len(plan), args.repo, args.revision)
         commit_info = api.upload_folder(
             repo_id=args.repo, folder_path=staged, revision=args.revision, create_pr=args.create_pr,
-            commit_message=args.message or f"Publish zerank from {args.folder.name}", delete_patterns="*",
+            commit_message=args.message or f"Publish zerank from {folder.name}", delete_patterns="*",
         )
     commit = commit_info.oid
     new_commit = commit != head_before
@@ -565,13 +510,21 @@ def _publish_to_hub(api, args: PublishArgs, state: RemoteState, plan, card, loca
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.endpoint:
-        # Read by huggingface_hub at import, which happens below (validation, uploads, remote-code loading).
-        os.environ["HF_ENDPOINT"] = args.endpoint
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request
+def print_summary(args: PublishArguments, report: dict) -> None:
+    state = "new commit" if report["new_commit"] else "unchanged, no new commit"
+    print(f"\nPublished {args.repo}@{args.revision}: commit {report['commit']} ({state})")
+    if report.get("pr_url"):
+        print(f"Pull request: {report['pr_url']}")
+    if report.get("tag"):
+        print(f"Tag: {report['tag']}")
+    print(f"Verified: {report['verification']['files_checked']} files by sha256, scores equal "
+          f"(max |diff| {report['verification']['max_abs_score_diff']:.1e})")
+    print(f"\nUse it pinned to this commit (remote code runs from the hub):\n\n{report['usage']}\n")
+
+
+def main(args: PublishArguments) -> int:
+    """``zerank publish``: 0 when done (or dry run), 2 when refused (nothing uploaded), 1 when stopped midway."""
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         report = publish(args)
@@ -582,20 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", e)
         return 1
     if args.output_dir:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "publish_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(Path(args.output_dir) / REPORT_FILE, report)
     if not args.dry_run:
-        state = "new commit" if report["new_commit"] else "unchanged, no new commit"
-        print(f"\nPublished {args.repo}@{args.revision}: commit {report['commit']} ({state})")
-        if report.get("pr_url"):
-            print(f"Pull request: {report['pr_url']}")
-        if report.get("tag"):
-            print(f"Tag: {report['tag']}")
-        print(f"Verified: {report['verification']['files_checked']} files by sha256, scores equal "
-              f"(max |diff| {report['verification']['max_abs_score_diff']:.1e})")
-        print(f"\nUse it pinned to this commit (remote code runs from the hub):\n\n{report['usage']}\n")
+        print_summary(args, report)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
