@@ -14,21 +14,26 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from sentence_transformers import CrossEncoder
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from modeling_zerank import ZerankConfig
 from zerank.arguments import BuildArguments
+from zerank.loading import load_reranker
 from zerank.package import (
     AUTO_MAP,
+    CARD_FILE,
     PROBE_PAIRS,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX,
     ZERANK_FIELDS,
     copy_package_files,
     is_hub_id,
@@ -39,16 +44,18 @@ from zerank.package import (
 )
 from zerank.resources import CHAT_TEMPLATE_FILE, shape_config
 from zerank.scoring import raw_logit
-from zerank.system import atomic_write_json, peak_rss_mb, prepare_output_dir
+from zerank.system import atomic_write_json, atomic_write_text, peak_rss_mb, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
 MAX_LOGIT_ERROR = 1e-4  # fp32 parity of the built model with the source causal LM's "Yes" logit
 BASE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+REPORT_FILE = "build_report.json"
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 def make_random_base(config_path: Path, out_dir: Path, seed: int, max_shard_size_mb: int) -> Path:
-    """Save a randomly initialised Qwen3ForCausalLM with the shape of ``config_path``."""
+    """Save a randomly initialised Qwen3ForCausalLM with the shape of ``config_path`` to ``out_dir``."""
     raw = json.loads(config_path.read_text())
     shape = {k: v for k, v in raw.items() if k not in ZERANK_FIELDS and k != "model_type"}
     dtype = getattr(torch, shape.pop("dtype", "float32"))
@@ -69,17 +76,19 @@ def make_random_base(config_path: Path, out_dir: Path, seed: int, max_shard_size
 
 
 def make_config(base_dir: Path, args: BuildArguments, yes_token_id: int) -> ZerankConfig:
+    """The zerank config of a Qwen3ForCausalLM checkpoint: its shape, the scoring fields of a ``--random`` shape
+    file, the "Yes" token and the calibration flags, with the ``auto_map`` to the remote code."""
     raw = json.loads((base_dir / "config.json").read_text())
     if raw.get("model_type") != "qwen3" or "Qwen3ForCausalLM" not in (raw.get("architectures") or []):
         raise ValueError(
             f"{base_dir} is not a Qwen3ForCausalLM checkpoint "
             f"(model_type={raw.get('model_type')!r}, architectures={raw.get('architectures')!r})."
         )
-    fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
-    for key in ("id2label", "label2id", "num_labels", "auto_map"):
-        fields.pop(key, None)
+    dropped = ("model_type", "architectures", "transformers_version", "id2label", "label2id", "num_labels", "auto_map")
+    fields = {k: v for k, v in raw.items() if k not in dropped}
     if args.random is not None:
-        fields.update({k: v for k, v in json.loads(shape_config(args.random).read_text()).items() if k in ZERANK_FIELDS})
+        shape = json.loads(shape_config(args.random).read_text())
+        fields.update({k: v for k, v in shape.items() if k in ZERANK_FIELDS})
     fields["yes_token_id"] = yes_token_id
     if args.score_temperature is not None:
         fields["score_temperature"] = args.score_temperature
@@ -89,6 +98,10 @@ def make_config(base_dir: Path, args: BuildArguments, yes_token_id: int) -> Zera
     config.architectures = ["ZerankForSequenceClassification"]
     config.auto_map = dict(AUTO_MAP)
     return config
+
+
+def _tensor_bytes(shape: Sequence[int], safetensors_dtype: str) -> int:
+    return math.prod(shape) * torch.empty(0, dtype=SAFETENSORS_DTYPES[safetensors_dtype]).element_size()
 
 
 def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_bytes: int) -> dict[str, int]:
@@ -117,11 +130,8 @@ def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_
     group_bytes = 0
     for name in names:
         with safe_open(base_dir / tensors_at[name], framework="pt") as f:
-            sl = f.get_slice(name)
-            numel = 1
-            for dim in sl.get_shape():
-                numel *= dim
-            size = numel * torch.empty(0, dtype=_dtype_of(sl.get_dtype())).element_size()
+            tensor_slice = f.get_slice(name)
+            size = _tensor_bytes(tensor_slice.get_shape(), tensor_slice.get_dtype())
         if groups[-1] and group_bytes + size > max_shard_bytes:
             groups.append([])
             group_bytes = 0
@@ -133,7 +143,7 @@ def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_
     files: dict[str, int] = {}
     new_map: dict[str, str] = {}
     for i, group in enumerate(tqdm(groups, desc="Writing shards", unit="shard")):
-        file_name = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        file_name = WEIGHTS_FILE if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
         tensors = {}
         for name in group:
             if name == "score.weight":
@@ -148,15 +158,12 @@ def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_
         gc.collect()
     if total > 1:
         index = {"metadata": {"total_size": sum(files.values())}, "weight_map": dict(sorted(new_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        atomic_write_json(out_dir / WEIGHTS_INDEX, index)
     return files
 
 
-def _dtype_of(name: str) -> torch.dtype:
-    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[name]
-
-
-def write_tokenizer(tokenizer_src: str | Path, out_dir: Path, max_length: int, revision: str | None = None):
+def write_tokenizer(tokenizer_src: str | Path, out_dir: Path, max_length: int,
+                    revision: str | None = None) -> PreTrainedTokenizerBase:
     """Save the tokenizer with zerank's chat template (as chat_template.jinja) and the context length."""
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_src), revision=revision)
     tokenizer.chat_template = CHAT_TEMPLATE_FILE.read_text()
@@ -166,7 +173,8 @@ def write_tokenizer(tokenizer_src: str | Path, out_dir: Path, max_length: int, r
 
 
 @torch.inference_mode()
-def causal_lm_yes_logits(base_dir: Path, tokenizer, pairs, yes_token_id: int) -> torch.Tensor:
+def causal_lm_yes_logits(base_dir: Path, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
+                         yes_token_id: int) -> torch.Tensor:
     """The source causal LM's "Yes" logit at the last position of each rendered pair (fp32, one pair at a time)."""
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model.eval()
@@ -179,20 +187,19 @@ def causal_lm_yes_logits(base_dir: Path, tokenizer, pairs, yes_token_id: int) ->
     return torch.stack(logits)
 
 
-def verify(base_dir: Path, out_dir: Path, pairs=PROBE_PAIRS) -> float:
+def verify(base_dir: Path, out_dir: Path, pairs: Sequence[tuple[str, str]] = PROBE_PAIRS) -> float:
     """Max |built logit x T + b - causal LM "Yes" logit| over ``pairs``, both in fp32, loaded one at a time."""
     tokenizer = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)
     config = ZerankConfig.from_pretrained(out_dir)
     expected = causal_lm_yes_logits(base_dir, tokenizer, pairs, config.yes_token_id)
-    model = CrossEncoder(
-        str(out_dir), trust_remote_code=True, device="cpu", model_kwargs={"dtype": torch.float32}
-    )
+    model = load_reranker(str(out_dir), device="cpu", dtype="float32")
     calibrated = model.predict(pairs, activation_fn=torch.nn.Identity(), convert_to_tensor=True).float().cpu()
     raw = raw_logit(calibrated, config.score_temperature, config.score_bias)
     return float((raw - expected).abs().max())
 
 
 def build(args: BuildArguments) -> dict:
+    """Build the package ``args.out`` and verify it; returns the report (also written to build_report.json)."""
     out = args.out
     prepare_output_dir(out, args.overwrite)
 
@@ -221,7 +228,7 @@ def build(args: BuildArguments) -> dict:
             base_model_id=args.base_model_id or (args.base if args.base and is_hub_id(args.base) else None),
             untrained=args.random is not None,
         )
-        (out / "README.md").write_text(card)
+        atomic_write_text(out / CARD_FILE, card)
         checkpoint_mb = sum(files.values()) / 1e6
         report = {
             "out": str(out),
@@ -241,13 +248,12 @@ def build(args: BuildArguments) -> dict:
                     f"Built model disagrees with the source causal LM: max |error| "
                     f"{report['max_abs_logit_error']:.3g} > {MAX_LOGIT_ERROR} (fp32)."
                 )
-    atomic_write_json(out / "build_report.json", report)
+    atomic_write_json(out / REPORT_FILE, report)
     return report
 
 
-
-
 def main(args: BuildArguments) -> dict:
+    """``zerank build``: build, verify, print the report (without the per-file sizes) and return it."""
     torch.manual_seed(args.seed)
     report = build(args)
     print(json.dumps({k: v for k, v in report.items() if k != "files"}, indent=2))

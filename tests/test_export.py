@@ -1,0 +1,132 @@
+"""zerank export --format vllm: the export loads as a plain Qwen3ForSequenceClassification and scores like zerank."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PARITY_PAIRS
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from sentence_transformers import CrossEncoder
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen3ForSequenceClassification
+
+from zerank import cli
+from zerank.arguments import ExportArguments
+from zerank.export import export
+from zerank.resources import CHAT_TEMPLATE_FILE
+
+PAIRS = PARITY_PAIRS
+ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "zerank_st.py",
+            "modeling_zerank.py")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vllm-export") / "model"
+    return out, export(ExportArguments(model=str(tiny_model_dir), out=out))
+
+
+def exported_scores(out: Path, pairs, padding_side: str = "right") -> tuple[np.ndarray, torch.Tensor]:
+    """sigmoid of the exported model's logits on padded, batched prompts rendered with its own template."""
+    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(model) is Qwen3ForSequenceClassification
+    tokenizer = AutoTokenizer.from_pretrained(out, padding_side=padding_side)
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "query", "content": q}, {"role": "document", "content": d}],
+                                      tokenize=False)
+        for q, d in pairs
+    ]
+    batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**batch).logits
+    assert logits.shape == (len(pairs), 1)
+    return torch.sigmoid(logits[:, 0]).numpy(), batch["attention_mask"]
+
+
+def test_export_is_a_plain_qwen3_classifier(exported, tiny_model_dir):
+    out, report = exported
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and config["architectures"] == ["Qwen3ForSequenceClassification"]
+    assert len(config["id2label"]) == 1 and config["pad_token_id"] == 151643
+    assert not {"auto_map", "yes_token_id", "score_temperature", "score_bias", "max_query_tokens"} & set(config)
+    assert not [name for name in ST_FILES if (out / name).exists()]
+    assert (out / "chat_template.jinja").read_text() == CHAT_TEMPLATE_FILE.read_text()
+    assert "--chat-template" in (out / "README.md").read_text()
+
+    source = load_file(tiny_model_dir / "model.safetensors")
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        assert set(f.keys()) == set(source)
+        score = f.get_tensor("score.weight")
+        assert score.dtype == torch.float32
+        torch.testing.assert_close(score, source["score.weight"].float() / 5.0, rtol=0, atol=0)
+        torch.testing.assert_close(f.get_tensor("model.norm.weight"), source["model.norm.weight"], rtol=0, atol=0)
+    assert report["max_abs_score_error"] <= 1e-5 and report["dropped_score_bias"] is None
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_padded_batches_score_like_zerank(exported, tiny_cross_encoder, padding_side):
+    out, _ = exported
+    scores, mask = exported_scores(out, PAIRS, padding_side)
+    assert (mask == 0).any()  # the batch really is padded
+    expected = tiny_cross_encoder.predict(PAIRS)
+    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
+    assert not np.allclose(scores, 0.5, atol=1e-3)  # not a degenerate head
+
+
+@pytest.fixture(scope="module")
+def calibrated_sharded_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny zerank folder with score_bias=1.5, score_temperature=2.5, and weights in two shards."""
+    folder = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(score_bias=1.5, score_temperature=2.5)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = load_file(tiny_model_dir / "model.safetensors")
+    first = {k: v for k, v in tensors.items() if k.startswith("model.embed_tokens")}
+    second = {k: v for k, v in tensors.items() if k not in first}
+    save_file(first, folder / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    save_file(second, folder / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in first} | {
+        k: "model-00002-of-00002.safetensors" for k in second}
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_non_zero_bias_is_refused_without_drop_bias(calibrated_sharded_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--drop-bias"):
+        export(ExportArguments(model=str(calibrated_sharded_dir), out=tmp_path / "refused", verify=False))
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit, match="score_bias=1.5"):
+        cli.main(["export", "--model", str(calibrated_sharded_dir), "--out", str(tmp_path / "refused")])
+
+
+def test_drop_bias_exports_a_sharded_model_without_the_bias(calibrated_sharded_dir, tmp_path):
+    out = tmp_path / "export"
+    report = export(ExportArguments(model=str(calibrated_sharded_dir), out=out, drop_bias=True))
+    assert report["dropped_score_bias"] == 1.5 and report["max_abs_score_error"] <= 1e-5
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == json.loads((calibrated_sharded_dir / "model.safetensors.index.json").read_text())[
+        "weight_map"]
+    assert (out / "model-00001-of-00002.safetensors").read_bytes() == (
+        calibrated_sharded_dir / "model-00001-of-00002.safetensors").read_bytes()  # copied, not rewritten
+    assert "--drop-bias" in (out / "README.md").read_text()
+
+    source = CrossEncoder(str(calibrated_sharded_dir), trust_remote_code=True, device="cpu")
+    logits = source.predict(PAIRS, activation_fn=torch.nn.Identity())
+    scores, _ = exported_scores(out, PAIRS)
+    np.testing.assert_allclose(scores, torch.sigmoid(torch.from_numpy(logits) + 1.5 / 2.5).numpy(), atol=1e-5, rtol=0)
+    assert not np.allclose(scores, source.predict(PAIRS), atol=1e-3)  # the bias really is gone
+
+
+def test_refuses_a_folder_that_is_not_zerank(tiny_base_dir, tmp_path):
+    with pytest.raises(ValueError, match="not a zerank model"):
+        export(ExportArguments(model=str(tiny_base_dir), out=tmp_path / "x", verify=False))
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a hub id"):
+        export(ExportArguments(model=str(tmp_path / "missing"), out=tmp_path / "y", verify=False))
