@@ -202,8 +202,9 @@ def test_calibrate_cli_on_a_beir_folder_and_its_argument_errors(tiny_model_dir, 
     assert result["fit"]["pairs"] + result["heldout"]["pairs"] == len(np.load(result["cache"]["file"])["raw"])
     assert result["fit_log_loss"]["after"] <= result["fit_log_loss"]["before"] + 1e-12
     assert not list(tiny_model_dir.glob("config.json.*.bak"))  # no --write, no change
-    with pytest.raises(ValueError, match="--write needs --model to be a local folder"):
+    with pytest.raises(SystemExit) as error:
         calibrate("--model", "org/some-hub-id", "--data", str(folder), "--output-dir", str(out), "--write")
+    assert error.value.code == 2 and "--write needs --model to be a local folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="BEIR folder or a .jsonl"):
         calibrate("--model", str(tiny_model_dir), "--data", str(tmp_path / "pairs.csv"), "--output-dir", str(out))
     capsys.readouterr()

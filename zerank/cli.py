@@ -15,7 +15,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zerank import __version__, arguments
@@ -29,6 +29,7 @@ class Command:
     takes_extra: bool = False
     epilog: str | None = None
     extra_install: str | None = None  # the pip extra whose packages the command imports
+    check: Callable[..., None] | None = None  # a check across the parsed dataclasses (raises ValueError)
 
 
 COMMANDS: dict[str, Command] = {
@@ -41,7 +42,8 @@ COMMANDS: dict[str, Command] = {
                          arguments.FirstStageArguments), "zerank.evaluation:main", extra_install="eval"),
     "calibrate": Command("Fit score_temperature and score_bias on labelled pairs; report calibration.",
                          (arguments.CalibrateArguments, arguments.ModelArguments, arguments.ScoringArguments,
-                          arguments.FirstStageArguments), "zerank.calibration:main", extra_install="eval"),
+                          arguments.FirstStageArguments), "zerank.calibration:main", extra_install="eval",
+                         check=arguments.check_calibrate),
     "finetune": Command(
         "Fine-tune on your data (CrossEncoderTrainer), refit the calibration, write a complete package.",
         (arguments.FinetuneArguments, arguments.FirstStageArguments), "zerank.training:main", takes_extra=True, extra_install="eval,train",
@@ -83,7 +85,9 @@ def parse(name: str, argv: Sequence[str]) -> tuple:
     try:
         *parsed, extra = parser.parse_args_into_dataclasses(list(argv), return_remaining_strings=True,
                                                            look_for_args_file=False)
-    except ValueError as e:  # a dataclass's own validation
+        if command.check is not None:
+            command.check(*parsed)
+    except ValueError as e:  # a dataclass's own validation, or the command's check across them
         parser.error(str(e))
     if extra and not command.takes_extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -116,8 +120,12 @@ def main(argv: Sequence[str] | None = None):
 
 
 def entry_point() -> None:
-    """Console-script entry: a command's integer result is the exit code."""
-    result = main()
+    """Console-script entry: a command's integer result is the exit code; bad input a one-line error (exit 1)."""
+    try:
+        result = main()
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        logging.getLogger("zerank").debug("command failed", exc_info=True)
+        sys.exit(f"zerank: error: {e}")
     sys.exit(result if isinstance(result, int) else 0)
 
 
