@@ -64,3 +64,10 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "zerank"  # beside the interpreter of this environment
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("zerank ")
+
+
+def test_finetune_trainer_help_needs_no_other_argument():
+    result = subprocess.run([sys.executable, "-m", "zerank.cli", "finetune", "--trainer-help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--per_device_train_batch_size" in result.stdout and "--learning_rate" in result.stdout

@@ -30,6 +30,7 @@ class Command:
     epilog: str | None = None
     extra_install: str | None = None  # the pip extra whose packages the command imports
     check: Callable[..., None] | None = None  # a check across the parsed dataclasses (raises ValueError)
+    extra_help: tuple[str, str] | None = None  # (flag, "module:function") printing more help, needing no arguments
 
 
 COMMANDS: dict[str, Command] = {
@@ -46,7 +47,9 @@ COMMANDS: dict[str, Command] = {
                          check=arguments.check_calibrate),
     "finetune": Command(
         "Fine-tune on your data (CrossEncoderTrainer), refit the calibration, write a complete package.",
-        (arguments.FinetuneArguments, arguments.FirstStageArguments), "zerank.training:main", takes_extra=True, extra_install="eval,train",
+        (arguments.FinetuneArguments, arguments.FirstStageArguments), "zerank.training:main", takes_extra=True,
+        extra_install="eval,train",
+        extra_help=("--trainer-help", "zerank.training:print_trainer_help"),
         epilog="Every field of sentence-transformers' CrossEncoderTrainingArguments is a flag too, for example "
                "--max-steps, --num-train-epochs, --learning-rate (2e-5), --per-device-train-batch-size (16), "
                "--gradient-accumulation-steps, --warmup-steps (0.1: a share of the steps), --weight-decay (0.01), "
@@ -58,13 +61,15 @@ COMMANDS: dict[str, Command] = {
     "publish": Command("Validate a built folder, upload it in one commit, verify the commit and tag it.",
                        (arguments.PublishArguments,), "zerank.publish:main"),
     "serve": Command("Serve a zerank model with ZeroEntropy's rerank API.",
-                     (arguments.ServeArguments, arguments.ModelArguments), "zerank.server:main", extra_install="serve"),
+                     (arguments.ServeArguments, arguments.ModelArguments), "zerank.server:main",
+                     extra_install="serve"),
     "bench": Command("Benchmark zerank against sentence-transformers' native reranker on identical weights.",
                      (arguments.BenchArguments,), "zerank.benchmark:main"),
     "bench-serve": Command("Benchmark a rerank server under concurrent clients.",
                            (arguments.BenchServeArguments,), "zerank.bench_serve:main", extra_install="serve"),
     "bm25": Command("BM25 first-stage figures of a BEIR folder.",
-                    (arguments.Bm25Arguments, arguments.FirstStageArguments), "zerank.retrieval:main", extra_install="eval"),
+                    (arguments.Bm25Arguments, arguments.FirstStageArguments), "zerank.retrieval:main",
+                    extra_install="eval"),
     "demo": Command("Build the tiny random model and score an example through CrossEncoder (offline).",
                     (arguments.DemoArguments,), "zerank.demo:main"),
 }
@@ -106,17 +111,24 @@ def main(argv: Sequence[str] | None = None):
     top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     top.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ns = top.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    command = COMMANDS[ns.command]
+    if command.extra_help is not None and command.extra_help[0] in argv[1:]:
+        return load(ns.command, command.extra_help[1])()
     parsed = parse(ns.command, argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = COMMANDS[ns.command]
-    module, function = command.run.split(":")
+    return load(ns.command, command.run)(*parsed)
+
+
+def load(name: str, target: str) -> Callable:
+    """The function ``module:function`` of command ``name``; a missing optional dependency names its pip extra."""
+    module, function = target.split(":")
     try:
-        run = getattr(importlib.import_module(module), function)
+        return getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as e:
-        if command.extra_install is None:
+        extra = COMMANDS[name].extra_install
+        if extra is None:
             raise
-        sys.exit(f"zerank {ns.command} needs the package {e.name!r}: pip install 'zerank[{command.extra_install}]'")
-    return run(*parsed)
+        sys.exit(f"zerank {name} needs the package {e.name!r}: pip install 'zerank[{extra}]'")
 
 
 def entry_point() -> None:

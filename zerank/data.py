@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from zerank.system import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
@@ -167,9 +169,6 @@ def cut_run(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str) -> None:
     """Write ``qid Q0 docid rank score tag`` lines, each query ranked in trec_eval's order (atomically)."""
-    # Deferred: zerank.system imports torch, which `zerank bm25` (the other writer of runs) does not need.
-    from zerank.system import atomic_write_text
-
     atomic_write_text(path, "".join(f"{qid} Q0 {doc_id} {rank} {score:.7g} {tag}\n" for qid, docs in run.items()
                                     for rank, (doc_id, score) in enumerate(ranked(docs), 1)))
 

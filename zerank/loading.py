@@ -1,4 +1,5 @@
-"""Device and dtype policy, and loading a reranker: the one place where a ``CrossEncoder`` is made from a path."""
+"""Device and dtype policy, and loading a reranker: the one place where a ``CrossEncoder`` is made from a path;
+the peak memory of a run on its device."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from zerank.arguments import DTYPES, ModelArguments
+from zerank.system import peak_rss_mb
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +66,11 @@ def load_reranker(
 def load_from_arguments(args: ModelArguments) -> CrossEncoder:
     return load_reranker(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
                          max_batch_tokens=args.max_batch_tokens)
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak RSS of this process and, on a GPU, the peak allocated device memory (MB)."""
+    report = {"peak_rss_mb": round(peak_rss_mb(), 1)}
+    if torch.cuda.is_available():
+        report["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return report

@@ -42,7 +42,8 @@ def shape_config(name_or_path: str | Path) -> Path:
     packaged = CONFIG_DIR / f"{name_or_path}.json"
     if packaged.is_file():
         return packaged
-    raise FileNotFoundError(f"{name_or_path} is neither a config file nor a packaged shape ({', '.join(shape_names())}).")
+    shapes = ", ".join(shape_names())
+    raise FileNotFoundError(f"{name_or_path} is neither a config file nor a packaged shape ({shapes}).")
 
 
 def default_tokenizer_dir() -> Path:

@@ -1,4 +1,6 @@
-"""The process and the file system: peak memory, library versions, atomic writes, output folders."""
+"""The process and the file system: peak memory, library versions, atomic writes, output folders.
+
+Standard library only (no torch), so that light commands can use it."""
 
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 LIBRARIES = ("torch", "transformers", "sentence-transformers", "huggingface_hub", "safetensors", "bm25s",
              "pytrec-eval-terrier", "PyStemmer", "peft", "accelerate", "datasets", "numpy")
@@ -40,14 +40,6 @@ def reset_peak_rss() -> bool:
         return False
     clear_refs.write_text("5")
     return True
-
-
-def peak_memory() -> dict[str, float]:
-    """Peak RSS of this process and, on a GPU, the peak allocated device memory (MB)."""
-    report = {"peak_rss_mb": round(peak_rss_mb(), 1)}
-    if torch.cuda.is_available():
-        report["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return report
 
 
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:

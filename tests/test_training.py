@@ -1,4 +1,5 @@
-"""scripts/finetune.py: learning a synthetic task, the saved package, resume, LoRA/merge, data formats."""
+"""zerank finetune (zerank.training): learning a synthetic task, the saved package, resume, LoRA/merge, data formats,
+the trainer flags."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import pytest
 from conftest import ROOT, shared_dir
 from evaluate_data import write_synthetic_beir
 
-import finetune
-from finetune import PACKAGE_FILES, main
+from zerank import training
+from zerank.cli import main as cli_main
+from zerank.package import PACKAGE_FILES
 
 # A random tiny model learns the synthetic task (the relevant documents repeat a rare word) in a few dozen steps with
 # a high learning rate (measured on three data/training seeds: pairwise loss, 16 steps: held-out NDCG@10 +0.30 to
 # +0.37; bce, 40 steps: +0.23 to +0.31); the embeddings stay frozen to keep a CPU step cheap (151,936 rows).
-FAST = ["--bm25-stemmer", "none", "--device", "cpu", "--warmup-ratio", "0", "--negatives-per-query", "4",
+FAST = ["--bm25-stemmer", "none", "--use-cpu", "--warmup-steps", "0", "--negatives-per-query", "4",
         "--eval-top-k", "10", "--logging-steps", "4"]
 
 SCORE_IN_FRESH_PROCESS = """
@@ -30,9 +32,14 @@ print(json.dumps(model.predict(pairs, activation_fn=torch.nn.Identity()).tolist(
 """
 
 
+def main(argv: list[str]):
+    """``zerank finetune ARGV`` in this process (so a test can patch zerank.training); returns its report."""
+    return cli_main(["finetune", *argv])
+
+
 def fresh_process_logits(folder, probe_file) -> np.ndarray:
     done = subprocess.run([sys.executable, "-c", SCORE_IN_FRESH_PROCESS, str(folder), str(probe_file)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return np.array(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -47,7 +54,8 @@ def synthetic(tmp_path_factory):
 def finetuned(synthetic, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "run"
     report = main(["--model", str(tiny_model_dir), "--data", str(synthetic), "--output-dir", str(out),
-                   "--loss", "ranknet", "--max-steps", "16", "--learning-rate", "3e-3", "--batch-size", "4",
+                   "--loss", "ranknet", "--max-steps", "16", "--learning-rate", "3e-3",
+                   "--per-device-train-batch-size", "4",
                    "--freeze-embeddings", "--eval-steps", "16", *FAST])
     return report, out
 
@@ -79,6 +87,7 @@ def test_final_folder_is_a_complete_package_that_scores_as_trained_in_a_fresh_pr
     assert config["score_bias"] == pytest.approx(report["calibration"]["bias"])
     card = (final / "README.md").read_text()
     assert "## Training" in card and f"{report['after']['ndcg@10']:.4f}" in card
+    assert "with `zerank finetune`" in card
     assert f"{report['calibration']['temperature']:.4g}" in card
     probe = json.loads((out / "probe.json").read_text())
     np.testing.assert_allclose(fresh_process_logits(final, out / "probe.json"), probe["logits"], atol=1e-5)
@@ -103,17 +112,14 @@ def test_resuming_from_a_checkpoint_finishes_the_same_run(synthetic, tiny_model_
     shutil.rmtree(out / "checkpoints" / "checkpoint-6")  # as if the run had stopped after step 4
 
     steps_run = []
-    trainer_class = finetune.zerank_trainer_class
 
-    def counting_trainer():
-        class Counting(trainer_class()):
-            def training_step(self, *args, **kwargs):
-                steps_run.append(self.state.global_step)
-                return super().training_step(*args, **kwargs)
-        return Counting
+    class Counting(training.CrossEncoderTrainer):
+        def training_step(self, *args, **kwargs):
+            steps_run.append(self.state.global_step)
+            return super().training_step(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "zerank_trainer_class", counting_trainer)
-    resumed = main([*args, "--resume"])
+    monkeypatch.setattr(training, "CrossEncoderTrainer", Counting)
+    resumed = main([*args, "--resume-from-checkpoint", "latest"])
     assert steps_run == [4, 5] and resumed["training"]["steps"] == 6
     np.testing.assert_allclose(json.loads((out / "probe.json").read_text())["logits"], uninterrupted, atol=1e-5)
 
@@ -150,7 +156,8 @@ def test_jsonl_data_with_a_listwise_loss(tiny_model_dir, tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(tmp_path / "out"),
-                   "--loss", "lambda", "--batch-size", "2", "--max-steps", "2", "--holdout-fraction", "0.25",
+                   "--loss", "lambda", "--per-device-train-batch-size", "2", "--max-steps", "2",
+                   "--holdout-fraction", "0.25",
                    "--eval-steps", "100", "--gradient-checkpointing", *FAST])
     assert report["data"]["train_queries"] == 9 and report["data"]["heldout_queries"] == 3
     assert set(report["after"]) == {"ndcg@10", "mrr@10", "recall@10", "recall@100"}
@@ -176,9 +183,52 @@ def test_short_run_on_scifact_writes_its_report(tiny_model_dir, tmp_path):
         pytest.skip(f"{data} not available")
     out = tmp_path / "scifact"
     report = main(["--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out), "--max-steps", "8",
-                   "--batch-size", "8", "--max-train-queries", "64", "--eval-max-queries", "20", "--eval-top-k", "20",
-                   "--max-length", "256", "--learning-rate", "1e-3", "--device", "cpu", "--eval-steps", "4"])
+                   "--per-device-train-batch-size", "8", "--max-train-queries", "64", "--eval-max-queries", "20",
+                   "--eval-top-k", "20",
+                   "--max-length", "256", "--learning-rate", "1e-3", "--use-cpu", "--eval-steps", "4"])
     saved = json.loads((out / "report.json").read_text())
     print(json.dumps({k: saved[k] for k in ("first_stage", "before", "after")}), saved["training"]["runtime_s"])
     assert saved["data"]["train_queries"] > 0 and saved["data"]["heldout_queries"] == 20
     assert (out / "final" / "README.md").exists() and report["reload_max_abs_diff"] <= 1e-4
+
+
+def test_trainer_flags_take_the_command_defaults_and_run_four_evaluations(tmp_path):
+    flags = training.parse_trainer_flags(["--max-steps", "40", "--seed", "3", "--use-cpu"])
+    assert flags.given == {"max_steps", "seed", "use_cpu"}
+    assert flags.values["learning_rate"] == 2e-5 and flags.values["per_device_train_batch_size"] == 16
+    assert flags.values["num_train_epochs"] == 1.0 and flags.values["bf16"] is False  # --use-cpu: no bf16
+    args = training.training_arguments(flags, tmp_path / "checkpoints", steps_hint=40, has_evaluator=True)
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.max_steps == 40
+    assert args.eval_strategy == "steps" and args.eval_steps == 10 and args.save_steps == 10
+    assert args.seed == 3 and args.data_seed == 3 and args.warmup_steps == 0.1
+    given = training.parse_trainer_flags(["--eval-steps", "5", "--gradient-checkpointing", "--data-seed", "7"])
+    args = training.training_arguments(given, tmp_path, steps_hint=40, has_evaluator=False)
+    assert args.eval_strategy == "no" and args.eval_steps == 5 and args.save_steps == 5 and args.data_seed == 7
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert training.resume_target("latest") is True and training.resume_target("run/checkpoint-4") == "run/checkpoint-4"
+
+
+def test_graded_jsonl_rows_keep_their_grades(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"query": "a", "document": "x", "label": 2}) + "\n"
+                    + json.dumps({"query": "b", "positive": "p", "negatives": ["n1", "n2"]}) + "\n")
+    assert training.jsonl_graded_pairs(data, 1) == [("a", "x", 2.0), ("b", "p", 1.0), ("b", "n1", 0.0),
+                                                    ("b", "n2", 0.0)]
+    data.write_text(json.dumps({"query": "a", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: expected \{query, document, label\}"):
+        training.jsonl_graded_pairs(data, 1)
+
+
+def test_unknown_trainer_flags_are_usage_errors_and_trainer_help_lists_the_trainer_flags(tiny_model_dir, synthetic,
+                                                                                          tmp_path):
+    command = [sys.executable, "-m", "zerank.cli", "finetune", "--model", str(tiny_model_dir), "--data",
+               str(synthetic), "--output-dir", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--batch-size", "4", "--no-such-flag"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "unrecognized arguments: --batch-size 4 --no-such-flag" in done.stderr
+    assert not (tmp_path / "out").exists()  # refused before any work
+    done = subprocess.run([*command, "--trainer-help"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--per-device-train-batch-size" in done.stdout and "--resume-from-checkpoint" in done.stdout
