@@ -76,6 +76,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
+    # Deferred: `zerank --help` and `zerank --version` answer without importing transformers.
     from transformers import HfArgumentParser
 
     command = COMMANDS[name]

@@ -37,7 +37,7 @@ class BM25Settings:
     def make_stemmer(self):
         if self.stemmer in ("none", "", None):
             return None
-        try:
+        try:  # deferred: PyStemmer is optional (--bm25-stemmer none needs none)
             import Stemmer
         except ImportError:
             raise ImportError(
