@@ -22,7 +22,7 @@ from zerank.calibration import (
     model_fingerprint,
     precision_thresholds,
 )
-from zerank.data import load_beir
+from zerank.data import load_beir, pairs_from_beir
 from zerank.retrieval import BM25Settings, FirstStage
 from zerank.scoring import calibrated_score
 
@@ -93,19 +93,17 @@ def test_fit_rejects_unusable_input_and_never_inverts_the_ranking():
 
 # --- labelled pairs ---------------------------------------------------------------------------------------------
 
-def test_load_pairs_from_a_beir_folder_takes_judged_positives_and_first_stage_negatives(tmp_path):
+def test_load_pairs_from_a_beir_folder_are_the_first_stage_labelled(tmp_path):
+    """load_pairs = the first stage's top k + data.pairs_from_beir (whose rules tests/test_data.py checks)."""
     folder = write_synthetic_beir(tmp_path / "beir", n_queries=6)
     first_stage = FirstStage("bm25", BM25Settings(stemmer="none"))
-    pairs = load_pairs(folder, split="test", first_stage=first_stage, top_k=4)
     data = load_beir(folder, "test")
-    for qid in data.judged_query_ids:
-        rows = [i for i, g in enumerate(pairs.groups) if g == qid]
-        positives = {pairs.documents[i] for i in rows if pairs.labels[i] == 1}
-        assert positives == {data.document(d) for d, g in data.qrels[qid].items() if g >= 1}
-        negatives = [pairs.documents[i] for i in rows if pairs.labels[i] == 0]
-        assert len(negatives) <= 4 and not positives & set(negatives)
-    strict = load_pairs(folder, split="test", first_stage=first_stage, top_k=4, relevance_level=2)
-    assert strict.labels.sum() == 6  # only the grade-2 document of each query
+    candidates = first_stage.retrieve(data, data.judged_query_ids, 4)
+    for level in (1, 2):
+        pairs = load_pairs(folder, split="test", first_stage=first_stage, top_k=4, relevance_level=level)
+        expected = pairs_from_beir(data, data.judged_query_ids, candidates, relevance_level=level)
+        assert pairs.pairs == expected.pairs and pairs.groups == expected.groups
+        assert (pairs.labels == expected.labels).all()
     assert set(load_pairs(folder, first_stage=first_stage, top_k=4, max_queries=2).groups) == {"q0", "q1"}
 
 
