@@ -3,15 +3,17 @@
 The model itself is the remote code next to the weights (``modeling_zerank.py``, ``zerank_st.py``), loaded with
 ``CrossEncoder(path, trust_remote_code=True)``. This package is the tooling around it, one module per concern:
 
-- lower layer: ``arguments`` (every command's arguments), ``resources`` (packaged files), ``system`` (logging,
-  memory, versions, atomic files), ``data`` (BEIR folders, jsonl pairs, TREC runs), ``metrics`` (trec_eval);
-- model layer: ``loading`` (device, dtype, loading), ``scoring`` (batching, raw <-> calibrated), ``retrieval``
-  (the BM25 first stage), ``package`` (what a zerank folder holds, the model card);
-- tasks: ``convert`` (build), ``export``, ``evaluation``, ``calibration``, ``training``, ``publish``, ``server``,
-  ``benchmark``, ``bench_serve``, ``demo``;
-- ``cli``: the ``zerank`` command.
+1. ``arguments`` (every command's arguments; standard library only), ``resources`` (packaged files), ``system``
+   (peak memory, versions, atomic files, output folders);
+2. ``data`` (BEIR folders, jsonl pairs, TREC runs), ``metrics`` (trec_eval);
+3. ``loading`` (device, dtype, loading), ``scoring`` (batching, raw <-> calibrated), ``retrieval`` (the BM25 first
+   stage), ``package`` (what a zerank folder holds, the model card);
+4. tasks: ``convert`` (build), ``export``, ``evaluation``, ``calibration``, ``training``, ``publish``, ``server``,
+   ``benchmark``, ``bench_serve``, ``demo``;
+5. ``cli``: the ``zerank`` command.
 
-A module imports only from its own layer or below. Importing ``zerank`` imports nothing heavy.
+A module imports only from its own layer or below (``tests/test_layers.py`` checks it). Importing ``zerank``
+imports nothing heavy.
 """
 
 __version__ = "0.2.0"
