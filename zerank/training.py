@@ -510,31 +510,48 @@ def save_final(out: Path, model: CrossEncoder, args: FinetuneArguments, trainer_
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Main
+# Main: the steps of a run
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(args: FinetuneArguments, first_stage_args: FirstStageArguments, extra: list[str]) -> dict | int:
-    """``zerank finetune``: train, evaluate before and after, recalibrate, write the package; returns the report.
+@dataclass
+class FinetuneRun:
+    """What the steps of one ``zerank finetune`` run share."""
 
-    ``extra`` are the command-line strings the command's own dataclasses did not take: trainer flags
-    (CrossEncoderTrainingArguments); ``--trainer-help`` among them prints those and returns 0.
+    args: FinetuneArguments
+    flags: TrainerFlags
+    state: PartialState  # this process among the run's processes
+    start: str  # the zerank model training starts from (see resolve_start)
+    heldout: HeldOut
+    began: float  # time.perf_counter() when the run began
+
+    @property
+    def out(self) -> Path:
+        return self.args.output_dir
+
+    @property
+    def seed(self) -> int:
+        return self.flags.values["seed"]
+
+
+def set_up(args: FinetuneArguments, flags: TrainerFlags) -> tuple[PartialState, str]:
+    """This process's state (everything seeded), the output folder and the zerank model to start from.
+
+    A Qwen3 causal LM is built into ``<output-dir>/base`` by the main process first; the others then reuse it.
     """
-    if TRAINER_HELP_FLAG in extra:
-        return print_trainer_help()
-    flags = parse_trainer_flags(extra)
-    seed = flags.values["seed"]
-    use_cpu = bool(flags.values["use_cpu"])
-
-    began = time.perf_counter()
-    state = PartialState(cpu=use_cpu)
-    set_seed(seed)
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    state = PartialState(cpu=bool(flags.values["use_cpu"]))
+    set_seed(flags.values["seed"])
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     with state.main_process_first():
-        start = resolve_start(args.model, out, args.tokenizer)
+        start = resolve_start(args.model, args.output_dir, args.tokenizer)
+    return state, start
 
-    first_stage = FirstStage.from_arguments(first_stage_args)
+
+def load_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[Dataset, HeldOut, dict]:
+    """The training dataset, the held-out part and the report's ``data`` section (a BEIR folder or a jsonl file).
+
+    Raises ValueError when no training query or no held-out query is left.
+    """
     is_beir = args.data.is_dir()
     groups, heldout = beir_data(args, first_stage, seed) if is_beir else jsonl_data(args, seed)
     if not groups:
@@ -544,105 +561,180 @@ def main(args: FinetuneArguments, first_stage_args: FirstStageArguments, extra: 
     train_dataset = training_dataset(groups, args.loss, args.relevance_level)
     logger.info("Training on %d queries (%d rows for %s); %d held-out queries", len(groups), len(train_dataset),
                 args.loss, len(heldout.qrels))
+    data = {"source": args.data.name, "train_queries": len(groups), "train_examples": len(train_dataset),
+            "heldout": (args.eval_data or args.data).name, "heldout_split": heldout.split,
+            "heldout_queries": len(heldout.qrels),
+            "heldout_candidates": sum(len(c) for c in heldout.candidates.values()),
+            "first_stage": first_stage.describe() if is_beir else "file order"}
+    return train_dataset, heldout, data
 
+
+def load_model(run: FinetuneRun) -> tuple[CrossEncoder, int | None, int | None]:
+    """The start model on this process's device, truncating at --max-length (embeddings frozen with
+    --freeze-embeddings), with its own max_seq_length and config.max_batch_tokens, which the package keeps."""
+    args = run.args
     # Full fine-tuning keeps float32 weights (--bf16 is mixed precision); LoRA trains in the usual "auto" dtype.
-    device = "cpu" if use_cpu else str(state.device)
+    device = "cpu" if run.flags.values["use_cpu"] else str(run.state.device)
     dtype = resolve_dtype(args.model_dtype if args.model_dtype != "auto" or args.lora else "float32", device)
     # Each process loads its copy on its own device (cuda:<local rank> under accelerate/torchrun).
-    model = load_reranker(start, device=device, dtype=dtype)
+    model = load_reranker(run.start, device=device, dtype=dtype)
     saved_batch_tokens = getattr(model.model.config, "max_batch_tokens", None)
     context = model.max_seq_length
     model.max_seq_length = min(args.max_length, context or args.max_length)
-
-    report: dict = {"model": args.model, "start": start, "max_length": context}
-    report["data"] = {"source": args.data.name, "train_queries": len(groups), "train_examples": len(train_dataset),
-                      "heldout": (args.eval_data or args.data).name, "heldout_split": heldout.split,
-                      "heldout_queries": len(heldout.qrels),
-                      "heldout_candidates": sum(len(c) for c in heldout.candidates.values()),
-                      "first_stage": first_stage.describe() if is_beir else "file order"}
-
     if args.freeze_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
-    samples = heldout.evaluator_samples(args.relevance_level)
+    return model, context, saved_batch_tokens
+
+
+def trainer_setup(run: FinetuneRun, train_rows: int) -> tuple[CrossEncoderTrainingArguments,
+                                                             CrossEncoderRerankingEvaluator | None]:
+    """The trainer's arguments and the held-out evaluator (None when no held-out query has a positive to rank).
+
+    Without --max-steps, the steps of --num-train-epochs over ``train_rows`` rows set the evaluation and checkpoint
+    interval (see training_arguments).
+    """
+    values = run.flags.values
+    samples = run.heldout.evaluator_samples(run.args.relevance_level)
     evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="heldout",
-                                               batch_size=flags.values["per_device_eval_batch_size"]) \
+                                               batch_size=values["per_device_eval_batch_size"]) \
         if samples else None
-    rows_per_step = (flags.values["per_device_train_batch_size"] * flags.values["gradient_accumulation_steps"]
-                     * state.num_processes)
-    max_steps = flags.values["max_steps"]
-    steps_hint = max_steps if max_steps > 0 else \
-        int(flags.values["num_train_epochs"] * np.ceil(len(train_dataset) / rows_per_step))
-    trainer_args = training_arguments(flags, out / CHECKPOINTS_DIR, steps_hint, evaluator is not None)
+    rows_per_step = (values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
+                     * run.state.num_processes)
+    max_steps = values["max_steps"]
+    steps_hint = max_steps if max_steps > 0 else int(values["num_train_epochs"] * np.ceil(train_rows / rows_per_step))
+    trainer_args = training_arguments(run.flags, run.out / CHECKPOINTS_DIR, steps_hint, evaluator is not None)
+    return trainer_args, evaluator
 
-    if state.is_main_process:
-        resolved = {k: str(v) if isinstance(v, Path) else v
-                    for k, v in {**dataclasses.asdict(first_stage_args), **dataclasses.asdict(args)}.items()}
-        trainer_settings = trainer_args.to_dict()
-        # The trainer settings this command chose or was given; "trainer" below has all of them.
-        resolved.update({k: trainer_settings[k] for k in sorted(flags.given | set(TRAINER_DEFAULTS) | CHOSEN)
-                         if k in trainer_settings and k != "output_dir"})
-        atomic_write_json(out / "args.json", {
-            "args": resolved, "trainer": trainer_settings, "start": start, "processes": state.num_processes,
-            "first_stage": first_stage.settings(), "versions": library_versions(),
-        })
-        logger.info("Evaluating the starting model on the held-out queries")
-        report["first_stage"] = evaluate_run(heldout.qrels, heldout.candidates,
-                                             relevance_level=args.relevance_level)[0]
-        report["before"] = ranking_metrics(model, heldout, args.relevance_level, args.max_batch_tokens)
-        logger.info("Before: %s", report["before"])
-    state.wait_for_everyone()
 
+def write_args(run: FinetuneRun, trainer_args: CrossEncoderTrainingArguments, first_stage_args: FirstStageArguments,
+               first_stage: FirstStage) -> None:
+    """args.json: the resolved arguments (with the trainer settings this command chose or was given), all the
+    trainer's settings, the start model, the number of processes, the first stage and the library versions."""
+    resolved = {k: str(v) if isinstance(v, Path) else v
+                for k, v in {**dataclasses.asdict(first_stage_args), **dataclasses.asdict(run.args)}.items()}
+    trainer_settings = trainer_args.to_dict()
+    # The trainer settings this command chose or was given; "trainer" below has all of them.
+    resolved.update({k: trainer_settings[k] for k in sorted(run.flags.given | set(TRAINER_DEFAULTS) | CHOSEN)
+                     if k in trainer_settings and k != "output_dir"})
+    atomic_write_json(run.out / "args.json", {
+        "args": resolved, "trainer": trainer_settings, "start": run.start, "processes": run.state.num_processes,
+        "first_stage": first_stage.settings(), "versions": library_versions(),
+    })
+
+
+def evaluate_before(run: FinetuneRun, model: CrossEncoder) -> dict:
+    """The report's ``first_stage`` and ``before`` sections: the held-out metrics of the first stage and of the start
+    model reranking its candidates."""
+    args, heldout = run.args, run.heldout
+    logger.info("Evaluating the starting model on the held-out queries")
+    metrics = {"first_stage": evaluate_run(heldout.qrels, heldout.candidates, relevance_level=args.relevance_level)[0],
+               "before": ranking_metrics(model, heldout, args.relevance_level, args.max_batch_tokens)}
+    logger.info("Before: %s", metrics["before"])
+    return metrics
+
+
+def train(run: FinetuneRun, model: CrossEncoder, trainer_args: CrossEncoderTrainingArguments, train_dataset: Dataset,
+          evaluator: CrossEncoderRerankingEvaluator | None) -> tuple[CrossEncoder, dict]:
+    """Train ``model`` (LoRA adapters with --lora), resuming from a checkpoint if asked; returns the trained model and
+    the report's ``training`` section. The trainer, with its optimizer state, is let go on return."""
+    args = run.args
     if args.lora:
         add_lora(model, args)
     loss = make_loss(args.loss, model, args.mini_batch_size)
     trainer = CrossEncoderTrainer(model=model, args=trainer_args, train_dataset=train_dataset, loss=loss,
                                   evaluator=evaluator)
-    train_began = time.perf_counter()
+    began = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_target(trainer_args.resume_from_checkpoint))
-    report["training"] = {"steps": output.global_step, "train_loss": output.training_loss,
-                          "runtime_s": time.perf_counter() - train_began, **output.metrics, **peak_memory(),
-                          "log_history": trainer.state.log_history}
-    if not state.is_main_process:
-        return report
+    training = {"steps": output.global_step, "train_loss": output.training_loss,
+                "runtime_s": time.perf_counter() - began, **output.metrics, **peak_memory(),
+                "log_history": trainer.state.log_history}
+    return trainer.model, training
 
-    model = trainer.model
+
+def final_model(run: FinetuneRun, model: CrossEncoder, context: int | None) -> CrossEncoder:
+    """The trained model in eval mode at its own max_seq_length; with --lora, its adapter is saved to ``adapter/``
+    and, with --merge, folded into the start model's weights."""
     model.eval()
     model.max_seq_length = context
-    if args.lora:
-        adapter_dir = out / "adapter"
+    if run.args.lora:
+        adapter_dir = run.out / "adapter"
         model.save_pretrained(str(adapter_dir))
-        if args.merge:
-            del trainer
-            model = merge_lora(model, adapter_dir, start)
+        if run.args.merge:
+            model = merge_lora(model, adapter_dir, run.start)
+    return model
 
+
+def evaluate_and_recalibrate(run: FinetuneRun, model: CrossEncoder, saved_batch_tokens: int | None) -> dict:
+    """The report's ``after``, ``calibration`` and ``calibration_applied``: the trained model's held-out metrics and
+    refitted score temperature and bias, which go to its config unless it is an unmerged adapter."""
+    args = run.args
     logger.info("Evaluating and recalibrating the fine-tuned model on the held-out queries")
-    report["after"] = ranking_metrics(model, heldout, args.relevance_level, args.max_batch_tokens)
-    report["calibration"] = recalibrate(model, heldout, args.relevance_level, args.max_batch_tokens, seed)
+    after = ranking_metrics(model, run.heldout, args.relevance_level, args.max_batch_tokens)
+    calibration = recalibrate(model, run.heldout, args.relevance_level, args.max_batch_tokens, run.seed)
     # An unmerged adapter loads the base model's config, so it cannot carry a new temperature and bias.
-    report["calibration_applied"] = not (args.lora and not args.merge)
+    applied = not (args.lora and not args.merge)
     config = model.model.config
-    if report["calibration_applied"]:
-        config.score_temperature = report["calibration"]["temperature"]
-        config.score_bias = report["calibration"]["bias"]
+    if applied:
+        config.score_temperature = calibration["temperature"]
+        config.score_bias = calibration["bias"]
     else:
         logger.warning("The adapter keeps the base model's score_temperature/score_bias; use --merge to ship the "
-                       "refitted T=%.4g, b=%.4g", report["calibration"]["temperature"], report["calibration"]["bias"])
+                       "refitted T=%.4g, b=%.4g", calibration["temperature"], calibration["bias"])
     config.max_batch_tokens = saved_batch_tokens  # --max-batch-tokens is this run's, not the package's
+    return {"after": after, "calibration": calibration, "calibration_applied": applied}
 
-    final = save_final(out, model, args, trainer_args, start, report)
 
-    # The saved folder must score as the in-memory model does.
-    probe = heldout.labelled_pairs(args.relevance_level).pairs[:PROBE_SIZE]
+def check_reload(run: FinetuneRun, model: CrossEncoder, final: Path) -> float:
+    """The largest logit difference between ``model`` and its saved folder on a few held-out pairs (the folder must
+    score as the in-memory model does); the pairs and ``model``'s logits go to probe.json."""
+    probe = run.heldout.labelled_pairs(run.args.relevance_level).pairs[:PROBE_SIZE]
     expected = score_pairs(model, probe, output="logit")
     reloaded = load_reranker(str(final), device=str(model.device), dtype=model.model.dtype)
-    report["reload_max_abs_diff"] = float(np.abs(score_pairs(reloaded, probe, output="logit") - expected).max())
-    logger.info("Reloaded %s: max |logit difference| %.3g", final, report["reload_max_abs_diff"])
-    atomic_write_json(out / "probe.json", {"pairs": probe, "logits": expected.tolist()})
+    max_abs_diff = float(np.abs(score_pairs(reloaded, probe, output="logit") - expected).max())
+    logger.info("Reloaded %s: max |logit difference| %.3g", final, max_abs_diff)
+    atomic_write_json(run.out / "probe.json", {"pairs": probe, "logits": expected.tolist()})
+    return max_abs_diff
 
-    report["wall_time_s"] = time.perf_counter() - began
+
+def write_report(run: FinetuneRun, report: dict, final: Path) -> None:
+    """report.json, completed with the run's wall time and peak memory; logs the run's summary."""
+    report["wall_time_s"] = time.perf_counter() - run.began
     report["memory"] = peak_memory()
-    atomic_write_json(out / "report.json", report)
+    atomic_write_json(run.out / "report.json", report)
     logger.info("NDCG@10 on the held-out queries: %.4f -> %.4f (first stage %.4f); T=%.4g b=%.4g; wrote %s",
                 report["before"]["ndcg@10"], report["after"]["ndcg@10"], report["first_stage"]["ndcg@10"],
                 report["calibration"]["temperature"], report["calibration"]["bias"], final)
+
+
+def main(args: FinetuneArguments, first_stage_args: FirstStageArguments, extra: list[str]) -> dict | int:
+    """``zerank finetune``: train, evaluate before and after, recalibrate, write the package; returns the report.
+
+    ``extra`` are the command-line strings the command's own dataclasses did not take: trainer flags
+    (CrossEncoderTrainingArguments); ``--trainer-help`` among them prints those and returns 0. Every process trains;
+    the main process alone evaluates and writes the files.
+    """
+    if TRAINER_HELP_FLAG in extra:
+        return print_trainer_help()
+    flags = parse_trainer_flags(extra)
+    began = time.perf_counter()
+    state, start = set_up(args, flags)
+    first_stage = FirstStage.from_arguments(first_stage_args)
+    train_dataset, heldout, data = load_data(args, first_stage, flags.values["seed"])
+    run = FinetuneRun(args, flags, state, start, heldout, began)
+    model, context, saved_batch_tokens = load_model(run)
+    report: dict = {"model": args.model, "start": start, "max_length": context, "data": data}
+    trainer_args, evaluator = trainer_setup(run, len(train_dataset))
+    if state.is_main_process:
+        write_args(run, trainer_args, first_stage_args, first_stage)
+        report.update(evaluate_before(run, model))
+    state.wait_for_everyone()
+
+    model, report["training"] = train(run, model, trainer_args, train_dataset, evaluator)
+    if not state.is_main_process:
+        return report
+    model = final_model(run, model, context)
+    report.update(evaluate_and_recalibrate(run, model, saved_batch_tokens))
+    final = save_final(run.out, model, args, trainer_args, start, report)
+    report["reload_max_abs_diff"] = check_reload(run, model, final)
+    write_report(run, report, final)
     return report
