@@ -12,7 +12,6 @@ This file is self-contained: it is copied next to the weights and loaded with ``
 
 from __future__ import annotations
 
-import copy
 import inspect
 
 import torch
@@ -197,15 +196,15 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
                 pooled[indices] = self._last_hidden([rows[i][prefix_len:] for i in indices], prefix_len, prefix_cache)
         return self.raw_logit(pooled)
 
-    def _cache_argument(self, cache: DynamicCache) -> dict:
+    def _cache_argument(self, cache: SharedPrefixCache) -> dict:
         """The backbone's keyword for a key/value cache: ``cache`` in recent transformers, ``past_key_values``
         before (recent versions still take the old name, with a deprecation warning)."""
         name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         return {name: cache}
 
-    def _prefix_cache(self, prefix: torch.Tensor) -> DynamicCache:
+    def _prefix_cache(self, prefix: torch.Tensor) -> SharedPrefixCache:
         """The keys and values of every layer for one prefix (batch 1)."""
-        cache = DynamicCache()
+        cache = SharedPrefixCache()
         self.model(input_ids=prefix[None], use_cache=True, **self._cache_argument(cache))
         return cache
 
@@ -230,16 +229,37 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
             visible = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill(
                 ~visible, torch.finfo(self.dtype).min
             )
-        cache_argument = {}
-        if prefix_cache is not None:
-            # A copy per batch, so the prefix cache is reused and never extended; the copy is repeated to the batch.
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(rows))
-            cache_argument = self._cache_argument(cache)
+        cache_argument = self._cache_argument(prefix_cache) if prefix_cache is not None else {}
         hidden = self.model(
             input_ids=ids, attention_mask=visible, position_ids=position_ids, use_cache=False, **cache_argument
         ).last_hidden_state
         return hidden[torch.arange(len(rows), device=device), lengths - 1]
+
+
+class SharedPrefixCache(DynamicCache):
+    """The keys/values of one shared prefix (batch 1), read-only once filled.
+
+    It implements the ``Cache`` interface the backbone calls (``update``, ``get_seq_length``). The first forward (the
+    prefix, batch 1) stores each layer's keys/values. Every later forward continues the prefix: ``update`` returns
+    the prefix expanded to the batch (a view) followed by the new keys/values and stores nothing, so one cache serves
+    every batch of a group and the continuation's keys/values are freed layer by layer.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if len(self.prefix) == layer_idx:  # the prefix's own forward
+            self.prefix.append((key_states, value_states))
+            return key_states, value_states
+        keys, values = self.prefix[layer_idx]
+        batch = key_states.shape[0]
+        return (torch.cat([keys.expand(batch, -1, -1, -1), key_states], dim=-2),
+                torch.cat([values.expand(batch, -1, -1, -1), value_states], dim=-2))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.prefix[layer_idx][0].shape[-2] if len(self.prefix) > layer_idx else 0
 
 
 def real_token_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
@@ -252,7 +272,9 @@ def real_token_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         raise ValueError("Every row needs at least one real token, but the attention mask has an all-zero row.")
     first = mask.long().argmax(-1)
     if not bool((mask.long().cumsum(-1).gather(-1, (first + counts - 1)[:, None])[:, 0] == counts).all()):
-        raise ValueError("The attention mask must mark one contiguous run of real tokens per row (left or right padding).")
+        raise ValueError(
+            "The attention mask must mark one contiguous run of real tokens per row (left or right padding)."
+        )
     return [row[start : start + n] for row, start, n in zip(input_ids, first.tolist(), counts.tolist())]
 
 

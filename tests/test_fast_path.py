@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from modeling_zerank import ZerankConfig, group_by_shared_prefix, real_token_rows, token_budget_batches
+from modeling_zerank import (
+    SharedPrefixCache,
+    ZerankConfig,
+    group_by_shared_prefix,
+    real_token_rows,
+    token_budget_batches,
+)
 
 QUERIES = ["What is the capital of France?", "How do I reset a forgotten Linux root password quickly and safely?",
            "What is the capital of Italy?"]
@@ -143,3 +149,17 @@ def test_fast_path_raises_no_deprecation_warning(model, tokenizer):
         warnings.simplefilter("error")
         with torch.inference_mode():
             model(**batch)
+
+
+def test_shared_prefix_cache_is_read_only_after_the_prefix():
+    cache = SharedPrefixCache()
+    prefix_k, prefix_v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    assert cache.get_seq_length() == 0
+    assert cache.update(prefix_k, prefix_v, 0) == (prefix_k, prefix_v)  # the prefix's own forward stores it
+    assert cache.get_seq_length() == 5
+    new_k, new_v = torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 4)
+    for _ in range(2):  # every batch sees the prefix followed by its own keys/values; nothing is stored
+        keys, values = cache.update(new_k, new_v, 0)
+        assert keys.shape == (3, 2, 12, 4) and torch.equal(keys[:, :, :5], prefix_k.expand(3, -1, -1, -1))
+        assert torch.equal(values[:, :, 5:], new_v)
+        assert cache.get_seq_length() == 5 and len(cache.prefix) == 1
