@@ -289,7 +289,7 @@ def trainer_parser() -> HfArgumentParser:
                               description="Trainer options of zerank finetune (sentence-transformers' "
                                           "CrossEncoderTrainingArguments); `zerank finetune --help` lists the others.")
     defaults: dict[str, Any] = dict(TRAINER_DEFAULTS)
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if resolve_dtype("auto") == torch.bfloat16:  # mixed precision follows the one "auto" dtype rule
         defaults["bf16"] = True
     parser.set_defaults(**defaults)
     return parser
