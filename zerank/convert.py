@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from zerank.package import (
     render_model_card,
     rendered_prompts,
     resolve_model_dir,
+    stored_bytes,
     weight_map,
 )
 from zerank.resources import CHAT_TEMPLATE_FILE, shape_config
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 MAX_LOGIT_ERROR = 1e-4  # fp32 parity of the built model with the source causal LM's "Yes" logit
 BASE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
 REPORT_FILE = "build_report.json"
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 def make_random_base(config_path: Path, out_dir: Path, seed: int, max_shard_size_mb: int) -> Path:
@@ -100,10 +99,6 @@ def make_config(base_dir: Path, args: BuildArguments, yes_token_id: int) -> Zera
     return config
 
 
-def _tensor_bytes(shape: Sequence[int], safetensors_dtype: str) -> int:
-    return math.prod(shape) * torch.empty(0, dtype=SAFETENSORS_DTYPES[safetensors_dtype]).element_size()
-
-
 def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_bytes: int) -> dict[str, int]:
     """Copy the backbone shard by shard and write ``score.weight`` = the "Yes" row of the LM head.
 
@@ -131,7 +126,7 @@ def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_
     for name in names:
         with safe_open(base_dir / tensors_at[name], framework="pt") as f:
             tensor_slice = f.get_slice(name)
-            size = _tensor_bytes(tensor_slice.get_shape(), tensor_slice.get_dtype())
+            size = stored_bytes(tensor_slice)
         if groups[-1] and group_bytes + size > max_shard_bytes:
             groups.append([])
             group_bytes = 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from zerank.package import (
     read_config,
     rendered_prompts,
     resolve_model_dir,
+    stored_bytes,
     weight_map,
 )
 from zerank.scoring import calibrated_logit
@@ -65,7 +65,6 @@ DROPPED_KEYS = (*ZERANK_FIELDS, "auto_map", "architectures", "model_type", "tran
                 "label2id", "num_labels", "pad_token_id")
 MAX_SCORE_ERROR = 1e-5  # fp32 parity of the export's scores with zerank's
 REPORT_FILE = "export_report.json"
-SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def read_zerank_config(model_dir: Path) -> dict:
@@ -92,10 +91,6 @@ def make_qwen3_config(raw: dict, pad_token_id: int) -> Qwen3Config:
     return config
 
 
-def _nbytes(tensor_slice) -> int:
-    return math.prod(tensor_slice.get_shape()) * SAFETENSORS_ITEMSIZE.get(tensor_slice.get_dtype(), 4)
-
-
 def export_weights(src: Path, out: Path, temperature: float) -> dict[str, int]:
     """Copy the weight files, rewriting only the one that holds ``score.weight`` (as fp32 ``w_yes / T``).
 
@@ -110,7 +105,7 @@ def export_weights(src: Path, out: Path, temperature: float) -> dict[str, int]:
         if tensors_at["score.weight"] != file_name:
             shutil.copy2(src / file_name, out / file_name)
             with safe_open(out / file_name, framework="pt") as f:
-                files[file_name] = sum(_nbytes(f.get_slice(name)) for name in f.keys())  # noqa: SIM118
+                files[file_name] = sum(stored_bytes(f.get_slice(name)) for name in f.keys())  # noqa: SIM118
             continue
         with safe_open(src / file_name, framework="pt") as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import fields
@@ -39,6 +40,9 @@ CARD_FILE = "README.md"
 # Every file a package has besides its weights.
 PACKAGE_FILES = ("config.json", *REMOTE_CODE_FILES, *TOKENIZER_FILES, TEMPLATE_FILE, *ST_CONFIG_FILES, CARD_FILE)
 WEIGHTS_INDEX = "model.safetensors.index.json"
+# Bytes per element of the safetensors dtypes.
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                        "BOOL": 1}
 WEIGHTS_FILE = "model.safetensors"
 # Pairs every build, export and publish scores to check itself: mixed lengths, non-Latin text.
 PROBE_PAIRS = [
@@ -88,6 +92,14 @@ def weight_map(folder: Path) -> dict[str, str]:
                                 "are read.")
     with safe_open(single, framework="pt") as f:
         return dict.fromkeys(f.keys(), single.name)
+
+
+def stored_bytes(tensor_slice) -> int:
+    """Bytes of one tensor of a safetensors file, from its slice (shape and dtype), without reading it."""
+    dtype = tensor_slice.get_dtype()
+    if dtype not in SAFETENSORS_ITEMSIZE:
+        raise ValueError(f"Unsupported safetensors dtype {dtype}.")
+    return math.prod(tensor_slice.get_shape()) * SAFETENSORS_ITEMSIZE[dtype]
 
 
 def stale_remote_code(folder: Path) -> list[str]:
