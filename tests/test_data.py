@@ -103,6 +103,8 @@ def test_pairs_from_beir_take_judged_positives_and_unjudged_or_irrelevant_candid
         assert len(negatives) <= 4 and not positives & set(negatives)
     strict = pairs_from_beir(data, data.judged_query_ids, candidates, relevance_level=2)
     assert strict.labels.sum() == 6  # only the grade-2 document of each query
+    assert set(pairs.grades.tolist()) <= {0.0, 1.0, 2.0} and set(strict.grades.tolist()) <= {0.0, 1.0, 2.0}
+    assert ((pairs.grades >= 1) == (pairs.labels == 1)).all() and ((strict.grades >= 2) == (strict.labels == 1)).all()
 
 
 def test_pairs_from_jsonl_reads_both_row_formats_and_names_bad_rows(tmp_path):
@@ -111,9 +113,12 @@ def test_pairs_from_jsonl_reads_both_row_formats_and_names_bad_rows(tmp_path):
                     + json.dumps({"query": "q1", "document": "b", "label": 0}) + "\n\n"
                     + json.dumps({"query": "q2", "positive": "c", "negatives": ["d", "e"]}) + "\n")
     pairs = pairs_from_jsonl(path)
+    assert pairs.take([4, 0]).grades.tolist() == [0, 2]
     assert pairs.pairs == [("q1", "a"), ("q1", "b"), ("q2", "c"), ("q2", "d"), ("q2", "e")]
     assert pairs.labels.tolist() == [1, 0, 1, 0, 0] and pairs.groups == ["q1", "q1", "q2", "q2", "q2"]
+    assert pairs.grades.tolist() == [2, 0, 1, 0, 0]  # a positive is graded max(1, threshold)
     assert pairs_from_jsonl(path, label_threshold=3).labels.tolist()[:2] == [0, 0]
+    assert pairs_from_jsonl(path, label_threshold=3).grades.tolist() == [2, 0, 3, 0, 0]
     path.write_text('{"query": "q", "doc": "x", "label": 1}\n')
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: expected"):
         pairs_from_jsonl(path)

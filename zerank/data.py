@@ -203,12 +203,13 @@ def read_trec_run(path: str | Path) -> Run:
 @dataclass
 class LabelledPairs:
     """(query, document, 0/1 label) rows; ``groups`` (one per row, e.g. the query id) keep a query on one side of
-    a split."""
+    a split; ``grades`` is each row's graded relevance, from which its label was thresholded."""
 
     queries: list[str]
     documents: list[str]
     labels: np.ndarray
     groups: list[str]
+    grades: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -219,7 +220,7 @@ class LabelledPairs:
 
     def take(self, index: np.ndarray) -> LabelledPairs:
         return LabelledPairs([self.queries[i] for i in index], [self.documents[i] for i in index],
-                             self.labels[index], [self.groups[i] for i in index])
+                             self.labels[index], [self.groups[i] for i in index], self.grades[index])
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -235,7 +236,7 @@ def pairs_from_beir(dataset: BeirDataset, query_ids: Sequence[str], candidates: 
                     *, relevance_level: int = 1) -> LabelledPairs:
     """Positives: the split's documents graded >= ``relevance_level``; negatives: each query's ``candidates`` (a
     first stage's top documents) graded lower or not judged."""
-    queries, documents, labels, groups = [], [], [], []
+    queries, documents, labels, groups, grades = [], [], [], [], []
     for qid in query_ids:
         judged = dataset.qrels[qid]
         positives = [d for d, grade in judged.items() if grade >= relevance_level and d in dataset.corpus]
@@ -245,34 +246,38 @@ def pairs_from_beir(dataset: BeirDataset, query_ids: Sequence[str], candidates: 
             documents.append(dataset.document(doc_id))
             labels.append(label)
             groups.append(qid)
-    return LabelledPairs(queries, documents, np.asarray(labels, dtype=np.float64), groups)
+            grades.append(float(judged.get(doc_id, 0)))
+    return LabelledPairs(queries, documents, np.asarray(labels, dtype=np.float64), groups,
+                         np.asarray(grades, dtype=np.float64))
 
 
 def pairs_from_jsonl(path: Path, *, label_threshold: float = 1.0) -> LabelledPairs:
     """Rows {"query", "document", "label"} (label >= ``label_threshold`` is relevant) or {"query", "positive",
-    "negatives"} (one relevant document, a list of irrelevant ones)."""
-    queries, documents, labels = [], [], []
+    "negatives"} (one relevant document, graded ``max(1, label_threshold)``, and irrelevant ones, graded 0)."""
+    queries, documents, grades = [], [], []
     for line_no, row in iter_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("query"), str):
             raise ValueError(f"{path}:{line_no}: each row needs a string 'query'.")
         if "document" in row and "label" in row:
             if not isinstance(row["document"], str) or not isinstance(row["label"], (int, float)):
                 raise ValueError(f"{path}:{line_no}: 'document' must be a string and 'label' a number.")
-            rows = [(row["document"], float(row["label"] >= label_threshold))]
+            rows = [(row["document"], float(row["label"]))]
         elif "positive" in row and isinstance(row.get("negatives"), list):
-            rows = [(row["positive"], 1.0)] + [(n, 0.0) for n in row["negatives"]]
+            rows = [(row["positive"], max(1.0, float(label_threshold)))] + [(n, 0.0) for n in row["negatives"]]
             if not all(isinstance(d, str) for d, _ in rows):
                 raise ValueError(f"{path}:{line_no}: 'positive' and 'negatives' must be strings.")
         else:
             raise ValueError(f"{path}:{line_no}: expected {{query, document, label}} or "
                              f"{{query, positive, negatives}}, got keys {sorted(row)}.")
-        for document, label in rows:
+        for document, grade in rows:
             queries.append(row["query"])
             documents.append(document)
-            labels.append(label)
-    if not labels:
+            grades.append(grade)
+    if not grades:
         raise ValueError(f"{path} has no labelled pairs.")
-    return LabelledPairs(queries, documents, np.asarray(labels, dtype=np.float64), list(queries))
+    graded = np.asarray(grades, dtype=np.float64)
+    labels = (graded >= label_threshold).astype(np.float64)
+    return LabelledPairs(queries, documents, labels, list(queries), graded)
 
 
 def holdout_mask(groups: Sequence[str], holdout_fraction: float, seed: int) -> np.ndarray:

@@ -72,7 +72,6 @@ from zerank.data import (
     Qrels,
     Run,
     holdout_mask,
-    iter_jsonl,
     load_beir,
     pairs_from_beir,
     pairs_from_jsonl,
@@ -199,20 +198,10 @@ def beir_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tu
 
 
 def jsonl_graded_pairs(path: Path, relevance_level: int) -> list[tuple[str, str, float]]:
-    """(query, document, grade) of every pair of a jsonl file, in file order.
-
-    The pairs and their checks are :func:`zerank.data.pairs_from_jsonl`'s; the grades add what its 0/1 labels drop:
-    a ``{query, document, label}`` row keeps its graded label, a ``{query, positive, negatives}`` row's positive is
-    graded relevant (``max(1, relevance_level)``) and its negatives 0.
-    """
+    """(query, document, grade) of every pair of a jsonl file, in file order (:func:`zerank.data.pairs_from_jsonl`:
+    a ``{query, positive, negatives}`` row's positive is graded ``max(1, relevance_level)``, its negatives 0)."""
     pairs = pairs_from_jsonl(path, label_threshold=relevance_level)
-    grades: list[float] = []
-    for _, row in iter_jsonl(path):
-        if "document" in row and "label" in row:  # pairs_from_jsonl's first format
-            grades.append(float(row["label"]))
-        else:
-            grades += [max(1.0, float(relevance_level))] + [0.0] * len(row["negatives"])
-    return list(zip(pairs.queries, pairs.documents, grades))
+    return list(zip(pairs.queries, pairs.documents, pairs.grades.tolist()))
 
 
 def _by_query(rows: Sequence[tuple[str, str, float]]) -> dict[str, list[tuple[str, float]]]:
