@@ -44,7 +44,7 @@ from zerank.package import (
 )
 from zerank.resources import CHAT_TEMPLATE_FILE, shape_config
 from zerank.scoring import raw_logit
-from zerank.system import atomic_write_json, atomic_write_text, peak_rss_mb, prepare_output_dir
+from zerank.system import atomic_write_json, atomic_write_text, peak_rss_mb, staged_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +194,13 @@ def verify(base_dir: Path, out_dir: Path, pairs: Sequence[tuple[str, str]] = PRO
 
 
 def build(args: BuildArguments) -> dict:
-    """Build the package ``args.out`` and verify it; returns the report (also written to build_report.json)."""
-    out = args.out
-    prepare_output_dir(out, args.overwrite)
+    """Build the package ``args.out`` and verify it; returns the report (also written to build_report.json).
 
-    with tempfile.TemporaryDirectory(prefix="zerank-random-base-") as tmp:
+    The package is written and verified in a hidden staging folder beside ``args.out`` and renamed into place only
+    when verification passes, so a failed or killed build never leaves a folder that loads (see
+    ``system.staged_output_dir``)."""
+    with staged_output_dir(args.out, args.overwrite) as out, \
+            tempfile.TemporaryDirectory(prefix="zerank-random-base-") as tmp:
         if args.random is not None:
             shape = shape_config(args.random)
             logger.info("Creating a random Qwen3ForCausalLM with the shape of %s (seed %d)", shape, args.seed)
@@ -226,7 +228,7 @@ def build(args: BuildArguments) -> dict:
         atomic_write_text(out / CARD_FILE, card)
         checkpoint_mb = sum(files.values()) / 1e6
         report = {
-            "out": str(out),
+            "out": str(args.out),
             "base": base_name,
             "checkpoint_mb": round(checkpoint_mb, 1),
             "build_peak_rss_mb": round(peak_rss_mb(), 1),
@@ -243,7 +245,7 @@ def build(args: BuildArguments) -> dict:
                     f"Built model disagrees with the source causal LM: max |error| "
                     f"{report['max_abs_logit_error']:.3g} > {MAX_LOGIT_ERROR} (fp32)."
                 )
-    atomic_write_json(out / REPORT_FILE, report)
+        atomic_write_json(out / REPORT_FILE, report)
     return report
 
 

@@ -11,7 +11,9 @@ import platform
 import resource
 import shutil
 import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,51 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it.")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+STAGING_MARK = ".staging-"
+
+
+@contextmanager
+def staged_output_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``out``; when the block ends without an error, rename it to ``out``.
+
+    Readers never see a folder that the block did not finish (and verify): a failure deletes the staging folder, a
+    killed process leaves only a hidden ``.NAME.staging-*`` folder, which the next run removes. An existing ``out``
+    is refused unless ``overwrite``; then it is kept until the new folder is complete, moved aside, and deleted
+    only after the new one has been renamed into place (at no moment is neither of them on disk).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(out.parent.glob(f".{out.name}{STAGING_MARK}*")):
+        if stale.name.startswith(f".{out.name}{STAGING_MARK}old-") and not out.exists():
+            os.replace(stale, out)  # killed between the two renames: the previous folder comes back
+        else:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder.")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it.")
+    staging = out.parent / f".{out.name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}{STAGING_MARK}old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
