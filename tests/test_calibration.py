@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,7 +178,8 @@ def test_calibrate_cli_writes_a_config_that_scores_as_fitted_and_reuses_its_cach
     assert saved["fit_log_loss"]["after"] <= saved["fit_log_loss"]["before"] + 1e-12  # the fit is the minimum
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert "| after (T=" in (out / "calibration.md").read_text()
-    assert json.loads(next(model.glob("config.json.*.bak")).read_text()) == json.loads(original)
+    assert json.loads(Path(result["backup"]).read_text()) == json.loads(original)
+    assert Path(result["backup"]).parent == out and not list(model.glob("*.bak"))  # kept outside the package
     assert set(saved["thresholds"]["after"]) == {"0.5", "0.8", "0.9", "0.95"}  # the default targets
     assert not list(out.glob(".*.tmp")) and not list(model.glob(".*.tmp"))  # atomic writes leave nothing behind
 
@@ -210,3 +217,69 @@ def test_calibrate_cli_on_a_beir_folder_and_its_argument_errors(tiny_model_dir, 
         calibrate("--model", str(tiny_model_dir), "--data", str(folder), "--output-dir", str(out),
                   "--precision-targets", "0.5", "1.5")
     assert error.value.code == 2 and "--precision-targets" in capsys.readouterr().err
+
+
+# Imports zerank.calibration once, then for each number K on stdin forks a child that runs write_calibration with
+# an audit hook pausing it before its Kth file operation (open, rename, remove) in the model or backup folder: the
+# child prints `PAUSED PID EVENT PATH` and waits to be killed. `EXIT STATUS` when the child is gone.
+PAUSING_WRITES = r"""
+import os, signal, sys
+from zerank.calibration import write_calibration
+
+model, backups = sys.argv[1:3]
+for line in sys.stdin:
+    k = int(line)
+    pid = os.fork()
+    if pid == 0:
+        seen = []
+
+        def pause_at_kth(event, args):
+            if event in ("open", "os.rename", "os.remove") and str(args[0]).startswith((model, backups)):
+                seen.append(event)
+                if len(seen) == k:
+                    print("PAUSED", os.getpid(), event, args[0], flush=True)
+                    signal.pause()
+
+        sys.addaudithook(pause_at_kth)
+        try:
+            write_calibration(model, 2.5, -1.25, backups)
+        finally:
+            os._exit(0)
+    print("EXIT", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def test_write_killed_at_every_file_operation_leaves_the_old_or_the_new_config(tiny_model_dir, tmp_path):
+    """SIGKILL before each file operation of ``calibrate --write``: config.json is always the old or the new one,
+    whole; the backup, when there is one, is whole and outside the package, which gains no visible file."""
+    from zerank.publish import folder_contents
+
+    model, backups = tmp_path / "model", tmp_path / "calib"
+    shutil.copytree(tiny_model_dir, model)
+    original = (model / "config.json").read_bytes()
+    old = json.loads(original)
+    new = {**old, "score_temperature": 2.5, "score_bias": -1.25}
+    package = sorted(p.name for p in model.iterdir())
+    writes = subprocess.Popen([sys.executable, "-c", PAUSING_WRITES, str(model), str(backups)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    killed_at = []
+    for k in itertools.count(1):
+        (model / "config.json").write_bytes(original)
+        writes.stdin.write(f"{k}\n")
+        writes.stdin.flush()
+        word, *rest = writes.stdout.readline().split()
+        if word == "EXIT":  # the whole write ran: no Kth operation
+            assert rest == ["0"]
+            break
+        os.kill(int(rest[0]), signal.SIGKILL)
+        assert writes.stdout.readline().split() == ["EXIT", str(-signal.SIGKILL)]
+        killed_at.append(" ".join(rest[1:]))
+        assert json.loads((model / "config.json").read_text()) in (old, new), f"killed before {killed_at[-1]}"
+        assert sorted(p.name for p in model.iterdir() if not p.name.startswith(".")) == package
+        assert all(json.loads(b.read_text()) == old for b in backups.glob("config.json.*.bak"))
+    writes.stdin.close()
+    assert writes.wait() == 0
+    assert any(event.startswith("os.rename") and "/model/" in event for event in killed_at), killed_at
+    assert len(killed_at) >= 4, killed_at
+    assert json.loads((model / "config.json").read_text()) == new
+    assert sorted(folder_contents(model).upload) == sorted(set(package) - {"build_report.json"})

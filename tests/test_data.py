@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from evaluate_data import write_synthetic_beir
@@ -66,6 +67,68 @@ def test_read_qrels_and_load_beir_name_the_problem(tmp_path, synthetic):
         load_beir(broken, "test")
 
 
+def beir_folder(root, corpus: str, queries: str, qrels: str):
+    """A BEIR folder from the texts of its three files."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(corpus)
+    (root / "queries.jsonl").write_text(queries)
+    (root / "qrels" / "test.tsv").write_text(qrels)
+    return root
+
+
+CORPUS = '{"_id": "d1", "title": "T", "text": "one"}\n{"_id": "d2", "text": "two"}\n'
+QUERIES = '{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n'
+QRELS = "q1\td1\t2\nq2\td2\t1\n"
+
+
+@pytest.mark.parametrize(
+    "corpus, queries, qrels, message",
+    [
+        # A repeated id whose two lines disagree: neither silently wins.
+        (CORPUS + '{"_id": "d1", "title": "T", "text": "changed"}\n', QUERIES, QRELS,
+         r"corpus.jsonl:3: document id 'd1' was given on line 1 with different content"),
+        (CORPUS, QUERIES + '{"_id": "q2", "text": "other"}\n', QRELS,
+         r"queries.jsonl:3: query id 'q2' was given on line 2 with different content"),
+        (CORPUS, QUERIES, QRELS + "q1\td1\t0\n",
+         r"test.tsv:3: judgment \('q1', 'd1'\) was given on line 1 with different content \(2 there, 0 here\)"),
+        # Grades are finite integers.
+        (CORPUS, QUERIES, "q1\td1\tinf\n", r"test.tsv:1: the grade 'inf' is not a finite integer"),
+        (CORPUS, QUERIES, QRELS + "q1\td2\tnan\n", r"test.tsv:3: the grade 'nan' is not a finite integer"),
+        (CORPUS, QUERIES, "query-id\tcorpus-id\tscore\nq1\td1\t1.7\n", r"test.tsv:2: the grade '1.7' is not a finite"),
+        # Texts are strings; ids are strings or integers.
+        (CORPUS + '{"_id": "d3", "text": ["a", "list"]}\n', QUERIES, QRELS,
+         r"corpus.jsonl:3: 'text' must be a string or null, got \['a', 'list'\]"),
+        (CORPUS + '{"_id": "d3", "title": 7, "text": "x"}\n', QUERIES, QRELS, r"corpus.jsonl:3: 'title' must be"),
+        (CORPUS, QUERIES + '{"_id": "q3", "text": null}\n', QRELS, r"queries.jsonl:3: 'text' must be a string, got None"),
+        (CORPUS, '{"_id": null, "text": "x"}\n', QRELS, r"queries.jsonl:1: '_id' must be a string or an integer"),
+        (CORPUS, '["q1", "first"]\n', QRELS, r"queries.jsonl:1: a BEIR row is a JSON object"),
+    ],
+)
+def test_load_beir_refuses_data_that_would_change_meaning(tmp_path, corpus, queries, qrels, message):
+    folder = beir_folder(tmp_path / "beir", corpus, queries, qrels)
+    with pytest.raises(ValueError, match=message):
+        load_beir(folder, "test")
+
+
+def test_repeats_that_agree_are_read_once_with_a_warning(tmp_path, caplog):
+    folder = beir_folder(tmp_path / "beir", CORPUS + CORPUS.splitlines(True)[0], QUERIES * 2,
+                         QRELS + "q1\td1\t2\n" + QRELS)
+    with caplog.at_level(logging.WARNING, logger="zerank.data"):
+        data = load_beir(folder, "test")
+    assert data.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}} and list(data.queries) == ["q1", "q2"]
+    assert data.corpus["d1"] == {"title": "T", "text": "one"} and len(data.corpus) == 2
+    assert "corpus.jsonl: 1 repeated document ids" in caplog.text
+    assert "queries.jsonl: 2 repeated query ids" in caplog.text
+    assert "test.tsv: 3 repeated judgments" in caplog.text
+
+
+def test_integer_ids_whole_number_grades_and_null_titles_are_read(tmp_path):
+    folder = beir_folder(tmp_path / "beir", '{"_id": 1, "title": null, "text": "one"}\n',
+                         '{"_id": 7, "text": "q"}\n', "7\t1\t2.0\n7\t2\t-1\n")
+    data = load_beir(folder, "test")
+    assert data.qrels == {"7": {"1": 2, "2": -1}} and data.corpus == {"1": {"title": "", "text": "one"}}
+
+
 # --- TREC runs --------------------------------------------------------------------------------------------------
 
 def test_trec_run_round_trip_in_trec_eval_order(tmp_path):
@@ -121,6 +184,23 @@ def test_pairs_from_jsonl_reads_both_row_formats_and_names_bad_rows(tmp_path):
     assert pairs_from_jsonl(path, label_threshold=3).grades.tolist() == [2, 0, 3, 0, 0]
     path.write_text('{"query": "q", "doc": "x", "label": 1}\n')
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: expected"):
+        pairs_from_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"query": "q", "document": "d", "label": float("nan")}, r"pairs.jsonl:2: 'label' must be a finite number"),
+        ({"query": "q", "document": "d", "label": float("inf")}, r"pairs.jsonl:2: 'label' must be a finite number"),
+        ({"query": "q", "document": "d", "label": True}, r"pairs.jsonl:2: 'label' must be a finite number"),
+        ({"query": "q", "document": 5, "label": 1}, r"pairs.jsonl:2: 'document' must be a string, got 5"),
+        ({"query": None, "document": "d", "label": 1}, r"pairs.jsonl:2: each row needs a string 'query'"),
+    ],
+)
+def test_pairs_from_jsonl_refuses_labels_and_texts_that_would_change_meaning(tmp_path, row, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "q", "document": "ok", "label": 1}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=message):
         pairs_from_jsonl(path)
 
 

@@ -83,9 +83,9 @@ def test_document_far_over_the_context(short_model, tiny_cross_encoder):
 @pytest.mark.parametrize(
     "pairs, error, message",
     [
-        ([("q", None)], TypeError, "Input 0: the document must be a string, got NoneType"),
-        ([(None, "d")], TypeError, "Input 0: the query must be a string, got NoneType"),
-        ([("q", "d"), ("q", 42)], TypeError, "Input 1: the document must be a string, got int"),
+        ([("q", None)], TypeError, "Input \\('q', None\\): the document must be a string, got NoneType"),
+        ([(None, "d")], TypeError, "Input \\(None, 'd'\\): the query must be a string, got NoneType"),
+        ([("q", "d"), ("q", 42)], TypeError, "Input \\('q', 42\\): the document must be a string, got int"),
         ([("q", "d", "e")], ValueError, "must be a \\(query, document\\) pair"),
         ([("just one string",)], ValueError, "must be a \\(query, document\\) pair"),
     ],
@@ -93,6 +93,34 @@ def test_document_far_over_the_context(short_model, tiny_cross_encoder):
 def test_bad_inputs_name_the_problem(tiny_cross_encoder, pairs, error, message):
     with pytest.raises(error, match=message):
         tiny_cross_encoder.predict(pairs)
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        # predict sorts pairs by length before they reach the module, so the error names the pair by its text.
+        ([("q", "d"), ("q", "ab\ud800c")],
+         "Input \\('q', 'ab\\\\ud800c'\\): the document is not valid Unicode text: character 2 is a lone surrogate"),
+        ([("\udfff", "d")], "the query is not valid Unicode text: character 0 is a lone surrogate"),
+    ],
+)
+def test_lone_surrogate_names_the_input(tiny_cross_encoder, pairs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_cross_encoder.predict(pairs)
+
+
+def test_lone_surrogate_in_the_instruction_is_named(tiny_cross_encoder):
+    with pytest.raises(ValueError, match="The instruction is not valid Unicode text"):
+        tiny_cross_encoder.predict([("q", "d")], prompt="be \ud800 strict")
+
+
+def test_valid_astral_characters_are_unaffected(tiny_cross_encoder, tokenizer):
+    """Emoji (one code point each in Python) and the escaped text of a surrogate are ordinary text."""
+    pairs = [("😀 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "\\ud800 is how JSON escapes a surrogate 🕐")]
+    ids = tiny_cross_encoder.preprocess(pairs)["input_ids"][0].tolist()
+    text = tokenizer.apply_chat_template([{"role": "query", "content": pairs[0][0]},
+                                          {"role": "document", "content": pairs[0][1]}], tokenize=False)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_all_padding_row_is_rejected(tiny_cross_encoder):
@@ -108,3 +136,31 @@ def test_single_texts_are_counted_not_scored(tiny_cross_encoder):
     assert features["attention_mask"].sum(dim=1).tolist() == [2, 4]
     with pytest.raises(ValueError, match="must be a \\(query, document\\) pair"):
         tiny_cross_encoder.predict(["three", "lone", "strings"])
+
+
+def test_fp32_scores_do_not_depend_on_batching(tiny_cross_encoder, monkeypatch):
+    """A pair's fp32 score is the same whatever the batch size, the order, the padding side and prefix sharing."""
+    model = tiny_cross_encoder
+    queries = ["What is the capital of France?", "side effects of ibuprofen", ""]
+    documents = ["Paris.", "The capital of France is Paris, a city of art. " * 3, "", "日本の首都は東京です。 😀"]
+    pairs = [(q, d) for q in queries for d in documents]
+    reference = model.predict(pairs, batch_size=len(pairs))
+    order = np.random.default_rng(0).permutation(len(pairs))
+    variants = [model.predict(pairs, batch_size=1), model.predict(pairs, batch_size=5),
+                model.predict([pairs[i] for i in order], batch_size=len(pairs))[np.argsort(order)]]
+    monkeypatch.setattr(model.tokenizer, "padding_side", "left" if model.tokenizer.padding_side == "right" else "right")
+    variants.append(model.predict(pairs, batch_size=len(pairs)))
+    monkeypatch.setattr(model.model.config, "share_query_prefix", not model.model.config.share_query_prefix)
+    variants.append(model.predict(pairs, batch_size=len(pairs)))
+    for scores in variants:
+        np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-6)
+
+
+def test_processing_kwargs_sizes_are_honoured_and_unknown_ones_refused(tiny_cross_encoder):
+    document = "word " * 100
+    cut = tiny_cross_encoder.preprocess([("q", document)], processing_kwargs={"text": {"max_length": 32}})
+    whole = tiny_cross_encoder.preprocess([("q", document)], max_length=32,
+                                          processing_kwargs={"text": {"truncation": False}})
+    assert cut["input_ids"].shape[1] == 32 and whole["input_ids"].shape[1] > 100
+    with pytest.raises(ValueError, match="reads only 'instruction', 'max_length' and 'truncation'.*padding"):
+        tiny_cross_encoder.preprocess([("q", "d")], processing_kwargs={"text": {"padding": "max_length"}})

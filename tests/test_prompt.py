@@ -5,6 +5,8 @@ import json
 import pytest
 from conftest import DATA
 
+from zerank_st import encode_pairs
+
 # Ten published zerank-2 prompts (source and licence: tests/data/README.md).
 PROMPTS = DATA / "zerank-prompts.jsonl"
 
@@ -20,6 +22,15 @@ def test_crossencoder_token_ids_equal_published_prompts(tiny_cross_encoder):
     for row in rows:
         features = tiny_cross_encoder.preprocess([(row["query"], row["document"])])
         assert features["input_ids"][0].tolist() == row["token_ids"], row["query"]
+
+
+@pytest.mark.parametrize("split_special_tokens", [True, False])
+def test_encode_pairs_gives_the_published_token_ids(tokenizer, split_special_tokens):
+    """Content without special-token strings encodes the same whether special tokens in content are split or not."""
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    ids = encode_pairs(tokenizer, [(row["query"], row["document"]) for row in rows],
+                       split_special_tokens=split_special_tokens)
+    assert ids == [row["token_ids"] for row in rows]
 
 
 def test_prompt_format_by_hand(tokenizer):
@@ -57,6 +68,9 @@ def test_instruction_through_crossencoder(tiny_cross_encoder, tokenizer):
     )
     expected = tokenizer(render(tokenizer, "q?", "doc", instruction="Be strict."), add_special_tokens=False)
     assert features["input_ids"][0].tolist() == expected["input_ids"]
+    # prompt= (sentence-transformers' system message) is the same instruction.
+    assert tiny_cross_encoder.preprocess([("q?", "doc")], prompt="Be strict.")["input_ids"][0].tolist() == expected[
+        "input_ids"]
 
 
 @pytest.mark.parametrize(

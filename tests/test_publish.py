@@ -6,26 +6,32 @@ runs in a subprocess with that environment; checks that need no hub (folder vali
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from hub_server import HubServer
 from safetensors.torch import load_file, save_file
 
 from modeling_zerank import ZerankConfig
 from zerank import publish
 from zerank.arguments import BuildArguments
+from zerank.cli import entry_point
 from zerank.cli import main as cli_main
 from zerank.package import PROBE_PAIRS, render_model_card
 
@@ -292,11 +298,11 @@ def test_server_answers_501_to_unknown_routes_and_records_them():
 
 
 def clone(src: Path, dst: Path) -> Path:
-    """Copy small files, symlink big ones (mutations unlink before rewriting)."""
+    """Copy small files, hard-link big ones (mutations unlink before rewriting)."""
     dst.mkdir(parents=True)
     for path in src.iterdir():
         if path.stat().st_size > 1_000_000:
-            (dst / path.name).symlink_to(path)
+            os.link(path, dst / path.name)
         else:
             shutil.copy2(path, dst / path.name)
     return dst
@@ -322,6 +328,16 @@ def drop_auto_map(d):
     (d / "config.json").write_text(json.dumps(config))
 
 
+def set_source_license(d, license_id):
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "source_license": license_id}))
+
+
+def outside_shard(d):
+    index = {"weight_map": {"score.weight": "../model.safetensors"}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 MUTATIONS = {
     "no auto_map": (drop_auto_map, "auto_map['AutoConfig'] must be 'modeling_zerank.ZerankConfig'"),
     "modeling file missing": (lambda d: (d / "modeling_zerank.py").unlink(), "modeling_zerank.py is missing"),
@@ -329,13 +345,16 @@ MUTATIONS = {
                              "modeling_zerank.py differs from this package's"),
     "input module edited": (lambda d: edit(d / "zerank_st.py", "import logging", "import logging, os"),
                             "zerank_st.py differs from this package's"),
-    ".bin weights": (lambda d: (d / "pytorch_model.bin").write_bytes(b"pickle"), "pickle-based weight files"),
-    ".pt and .pkl files": (lambda d: [(d / n).write_bytes(b"x") for n in ("optimizer.pt", "args.pkl")],
-                           "['args.pkl', 'optimizer.pt']"),
+    ".bin weights": (lambda d: torch.save({"w": torch.zeros(2)}, d / "pytorch_model.bin"),
+                     "pytorch_model.bin: a zip archive holding the pickle pytorch_model/data.pkl"),
+    "weights index naming a file outside": (outside_shard, "names weight files outside the folder"),
     "tokenizer missing": (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     "chat template missing": (lambda d: (d / "chat_template.jinja").unlink(), "chat_template.jinja is missing"),
     "card missing": (lambda d: (d / "README.md").unlink(), "README.md (the model card) is missing"),
     "no license": (lambda d: edit(d / "README.md", "license: apache-2.0\n", ""), "no license"),
+    "card relicenses a non-commercial source": (
+        lambda d: set_source_license(d, "cc-by-nc-4.0"),
+        "license 'apache-2.0' differs from config.json's source_license 'cc-by-nc-4.0'"),
     "no base_model": (lambda d: edit(d / "README.md", "base_model: Qwen/Qwen3-0.6B\n", ""), "no base_model"),
     "wrong pipeline_tag": (lambda d: edit(d / "README.md", "pipeline_tag: text-ranking", "pipeline_tag: fill-mask"),
                            "pipeline_tag must be 'text-ranking'"),
@@ -380,13 +399,116 @@ def test_smoke_test_refuses_non_finite_scores(release_dir, tmp_path):
 def test_cli_lists_every_problem_and_contacts_no_hub(hub, release_dir, tmp_path, monkeypatch, caplog):
     folder = clone(release_dir, tmp_path / "model")
     drop_auto_map(folder)
-    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": [1.0]}))
     monkeypatch.setenv("HF_ENDPOINT", hub.url)  # as a publisher's shell would have it
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     before = len(hub.requests)
     assert cli_main(["publish", "--folder", str(folder), "--repo", REPO, "--endpoint", hub.url]) == 2
-    assert "auto_map" in caplog.text and "pickle-based weight files" in caplog.text
+    assert "auto_map" in caplog.text and "pytorch_model.bin: a pickle (protocol" in caplog.text
     assert "Nothing was uploaded." in caplog.text and len(hub.requests) == before
+
+
+# The files the issue found uploaded: each is refused (links, pickles whatever their name) or left out.
+REFUSED = {
+    "token": "a symbolic link (to ",
+    "pytorch_model.BIN": "a zip archive holding the pickle pytorch_model/data.pkl",
+    "optimizer.Pt": "a pickle (protocol 2)",
+    "features.pkl.gz": "a pickle (protocol 4), compressed",
+    "embeddings.npy": "an .npy array of Python objects",
+    "classifier.joblib": "a pickle (protocol 4), compressed",
+    "nested/args.bin": "a pickle (protocol 0 or 1)",
+}
+
+
+def add_refused_files(folder: Path, token_file: Path) -> None:
+    (folder / "token").symlink_to(token_file)
+    torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.BIN")
+    torch.save({"w": torch.zeros(2)}, folder / "optimizer.Pt", _use_new_zipfile_serialization=False)
+    (folder / "features.pkl.gz").write_bytes(gzip.compress(pickle.dumps({"f": 1}, protocol=4)))
+    np.save(folder / "embeddings.npy", np.array([{"v": 1}], dtype=object))
+    (folder / "classifier.joblib").write_bytes(zlib.compress(pickle.dumps({"c": 1}, protocol=4)))  # joblib, zlib
+    (folder / "nested").mkdir()
+    (folder / "nested" / "args.bin").write_bytes(pickle.dumps({"lr": 0.1}, protocol=0))
+
+
+def test_refuses_links_and_pickles_by_content_and_names_each(release_dir, tmp_path):
+    folder = clone(release_dir, tmp_path / "model")
+    token_file = tmp_path / "hf-home" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text(TOKEN)
+    add_refused_files(folder, token_file)
+    np.save(folder / "scores.npy", np.zeros(3))  # numbers, not objects: not refused (and not uploaded)
+    problems = problems_of(folder)
+    for name, reason in REFUSED.items():
+        assert [p for p in problems if p.startswith(f"{name}: {reason}")], (name, problems)
+    assert len(problems) == len(REFUSED), problems
+    assert TOKEN not in "\n".join(problems)
+    with pytest.raises(publish.PublishRefused) as refused:
+        publish.upload_plan(folder, publish.prepare_card(folder, REPO, False))
+    assert len(refused.value.problems) == len(REFUSED)
+
+
+def test_uploads_only_the_package_files(release_dir, tmp_path, capsys):
+    folder = clone(release_dir, tmp_path / "model")
+    (folder / "notes.txt").write_text("release notes\n")
+    shutil.copy2(folder / "config.json", folder / "config.json.20261203-101010.bak")  # an old calibrate --write
+    np.save(folder / "scores.npy", np.zeros(3))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "config.json").write_text("{}")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x.pkl").write_bytes(pickle.dumps(1))  # hidden folders are not searched
+    assert problems_of(folder) == []
+    plan, skipped = publish.upload_plan(folder, publish.prepare_card(folder, REPO, False))
+    assert sorted(item.path for item in plan) == sorted(local_files(release_dir))
+    assert skipped == [".cache/", "build_report.json", "config.json.20261203-101010.bak", "notes.txt",
+                       "scores.npy", "sub/config.json"]
+    assert cli_main(["publish", "--folder", str(folder), "--repo", REPO, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "not uploaded: ['.cache/', 'build_report.json', 'config.json.20261203-101010.bak'" in out
+    assert not re.search(r"^(notes\.txt|config\.json\.2)", out, re.MULTILINE)
+
+
+def test_a_sharded_package_uploads_its_index_and_every_shard(release_dir, tmp_path):
+    folder = clone(release_dir, tmp_path / "model")
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[:1], "model-00002-of-00002.safetensors": names[1:]}
+    for shard, group in shards.items():
+        save_file({n: tensors[n] for n in group}, folder / shard, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: shard for shard, group in shards.items() for n in group}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "model-00003-of-00002.safetensors").write_bytes(b"stray")  # not in the index
+    assert problems_of(folder) == []
+    contents = publish.folder_contents(folder)
+    assert {"model.safetensors.index.json", *shards} <= set(contents.upload)
+    assert "model-00003-of-00002.safetensors" in contents.not_uploaded
+
+
+def test_licence_of_the_card_must_be_the_source_licence(release_dir, tmp_path):
+    folder = clone(release_dir, tmp_path / "model")
+    set_source_license(folder, "cc-by-nc-4.0")
+    problems = problems_of(folder)
+    assert problems == [("README.md metadata: license 'apache-2.0' differs from config.json's source_license "
+                        "'cc-by-nc-4.0', the licence of the source weights (a package cannot relicense them)")]
+    edit(folder / "README.md", "license: apache-2.0\n", "license: cc-by-nc-4.0\n")
+    assert problems_of(folder) == []
+
+
+def test_an_unreachable_endpoint_is_a_one_line_error(release_dir, monkeypatch, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(sys, "argv", ["zerank", "publish", "--folder", str(release_dir), "--repo", REPO,
+                                      "--endpoint", endpoint])
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point()
+    message = exit_info.value.code  # sys.exit(message): printed to stderr, exit status 1
+    assert isinstance(message, str) and "\n" not in message and TOKEN not in message
+    assert message.startswith(f"zerank: error: cannot reach the hub at {endpoint} (")
+    assert message.endswith("nothing was uploaded")
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_retarget_card_replaces_the_repo_id_only_with_the_flag(release_dir, tmp_path):
@@ -436,25 +558,31 @@ def test_bad_arguments_are_named(argv, message, capsys):
 def test_branch_mirror_pull_request_and_private_repo(hub, published, release_dir, tmp_path):
     folder = clone(release_dir, tmp_path / "model")
     (folder / "notes").mkdir()
-    (folder / "notes" / "release.txt").write_text("release notes\n")
+    (folder / "notes" / "release.txt").write_text("release notes\n")  # not a package file: never uploaded
+    edit(folder / "README.md", "## Limits", "A staged card.\n\n## Limits")
     home = published.home
     repo = hub.repo(REPO)
 
     result = run_publish(hub, home, folder, "--repo", REPO, "--revision", "staging")
     assert result.returncode == 0, result.stderr[-3000:]
     staging = repo.commits[repo.branches["staging"]]
-    assert staging.parent == published.commit and "notes/release.txt" in staging.files
-    assert repo.branches["main"] == published.commit
+    assert staging.parent == published.commit and b"A staged card." in staging.files["README.md"].data
+    assert "notes/release.txt" not in staging.files and repo.branches["main"] == published.commit
 
-    (folder / "notes" / "release.txt").unlink()
+    put = ("from huggingface_hub import HfApi; HfApi().upload_file(path_or_fileobj=b'old', path_in_repo='old.txt', "
+           f"repo_id='{REPO}', revision='staging')")
+    assert run(["-c", put], hub_env(hub, home)).returncode == 0
+    assert "old.txt" in repo.commits[repo.branches["staging"]].files
+    edit(folder / "README.md", "A staged card.", "A changed card.")
     result = run_publish(hub, home, folder, "--repo", REPO, "--revision", "staging")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "notes/release.txt" not in repo.commits[repo.branches["staging"]].files, "the branch mirrors the folder"
+    assert "old.txt" not in repo.commits[repo.branches["staging"]].files, "the branch mirrors the package files"
 
-    (folder / "extra.txt").write_text("proposed\n")
+    edit(folder / "README.md", "A changed card.", "A proposed card.")
     result = run_publish(hub, home, folder, "--repo", REPO, "--create-pr")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert repo.branches["main"] == published.commit and "extra.txt" in repo.commits[repo.pull_requests[1]].files
+    proposed = repo.commits[repo.pull_requests[1]].files["README.md"].data
+    assert repo.branches["main"] == published.commit and b"A proposed card." in proposed
     assert f"Pull request: {hub.url}/{REPO}/discussions/1" in result.stdout
 
     result = run_publish(hub, home, release_dir, "--repo", "acme/zerank-private", "--private", "--retarget-card")

@@ -5,8 +5,8 @@ zerank's score is sigmoid((raw - b) / T), where raw is the "Yes" logit (the form
 --output-dir, so refitting never reruns the model), splits them by query into a fit part and a held-out part, fits
 T and b by minimum log loss on the fit part and reports on the held-out part, before (the model's current T and b)
 and after: log loss, Brier score, expected calibration error (15 bins) and the score thresholds that reach a few
-precision targets. With --write it stores the fit in the model folder's config.json (the previous config is kept as
-a backup), so the published model carries it.
+precision targets. With --write it stores the fit in the model folder's config.json (replaced atomically; the
+previous config is kept as a backup in --output-dir, outside the package), so the published model carries it.
 
 Labelled pairs come from a BEIR folder (positives: the split's judged-relevant documents; negatives: first-stage
 top-k documents not judged relevant) or from a jsonl file of {"query", "document", "label"} rows (label 0/1, or a
@@ -29,10 +29,10 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -304,22 +304,26 @@ def read_calibration(model_path: str) -> tuple[float, float]:
     return float(config.score_temperature), float(config.score_bias)
 
 
-def write_calibration(model_dir: Path, temperature: float, bias: float) -> Path:
-    """Store T and b in ``model_dir/config.json`` (atomically); the previous file is kept as
-    config.json.<time>.bak, whose path is returned."""
+def write_calibration(model_dir: Path, temperature: float, bias: float, backup_dir: Path) -> Path:
+    """Store T and b in ``model_dir/config.json``; the previous file is first kept as
+    ``backup_dir/config.json.<time>.bak`` (time to the microsecond; outside the package, so it is never published),
+    whose path is returned.
+
+    Both writes are atomic (``system.atomic_write_bytes``: a temporary file, fsync, rename): a process killed at any
+    moment leaves the old or the new config.json, never a partial one."""
     config_path = Path(model_dir) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"--write needs a local model folder with a config.json; {config_path} not found.")
     if not temperature > 0 or not np.isfinite([temperature, bias]).all():
         raise ValueError(f"Refusing to write temperature={temperature}, bias={bias}.")
-    backup = config_path.with_name(f"config.json.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-    shutil.copy2(config_path, backup)
-    config = json.loads(config_path.read_text())
+    previous = config_path.read_bytes()
+    backup = atomic_write_bytes(Path(backup_dir) / f"config.json.{datetime.now():%Y%m%d-%H%M%S-%f}.bak", previous)
+    config = json.loads(previous)
     config["score_temperature"] = float(temperature)
     config["score_bias"] = float(bias)
     atomic_write_json(config_path, dict(sorted(config.items())))
-    logger.info("Wrote score_temperature=%.6g, score_bias=%.6g to %s (backup %s)", temperature, bias, config_path,
-                backup.name)
+    logger.info("Wrote score_temperature=%.6g, score_bias=%.6g to %s (previous config kept as %s)", temperature, bias,
+                config_path, backup)
     return backup
 
 
@@ -365,7 +369,7 @@ def main(args: CalibrateArguments, model_args: ModelArguments, scoring_args: Sco
             calibrated_score(raw[held_mask], result["temperature"], result["bias"]),
     })
     if args.write:
-        result["backup"] = str(write_calibration(Path(model_args.model), result["temperature"], result["bias"]))
+        result["backup"] = str(write_calibration(Path(model_args.model), result["temperature"], result["bias"], out))
     atomic_write_json(out / "calibration.json", result)
     atomic_write_text(out / "calibration.md", calibration_markdown(result))
     logger.info("T=%.4g b=%.4g; held-out before %s, after %s", result["temperature"], result["bias"],

@@ -3,7 +3,9 @@
 A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and
 ``qrels/<split>.tsv`` (query id, document id, graded relevance; with or without a header line). Only the queries
 judged in the split are evaluated. A document is shown to a reranker as :func:`document_text` (title and text).
-Errors name the file and line.
+Errors name the file and line. Ids are strings or integers; a query's text is a string, a document's title and
+text are strings or null; grades are finite integers. An id (a (query, document) judgment in qrels) given twice is
+an error when the two lines disagree and is read once, with a warning counting such repeats, when they agree.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +80,78 @@ def iter_jsonl(path: Path, missing_hint: str = "") -> Iterable[tuple[int, Any]]:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from None
 
 
-def _read_jsonl(path: Path, required: Sequence[str]) -> Iterable[dict]:
+def _read_jsonl(path: Path, required: Sequence[str]) -> Iterable[tuple[int, dict]]:
     for line_no, row in iter_jsonl(path, ": a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/"):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line_no}: a BEIR row is a JSON object, got {type(row).__name__}.")
         missing = [key for key in required if key not in row]
         if missing:
             raise ValueError(f"{path}:{line_no}: missing field(s) {missing}; BEIR rows need {list(required)}.")
-        yield row
+        yield line_no, row
+
+
+def _row_id(path: Path, line_no: int, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{path}:{line_no}: '_id' must be a string or an integer, got {value!r:.40}.")
+    return str(value)
+
+
+def _text(path: Path, line_no: int, row: dict, field: str, *, nullable: bool) -> str:
+    value = row.get(field)
+    if value is None and nullable:
+        return ""
+    if not isinstance(value, str):
+        kind = "a string or null" if nullable else "a string"
+        raise ValueError(f"{path}:{line_no}: '{field}' must be {kind}, got {value!r:.40}.")
+    return value
+
+
+class _Repeats:
+    """Counts ids given twice with the same content; a repeat with other content is an error naming both lines."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what, self.count = path, what, 0
+
+    def check(self, line_no: int, key: str, old: Any, new: Any, first_line: Callable[[], int]) -> None:
+        if old != new:
+            raise ValueError(f"{self.path}:{line_no}: {self.what} {key} was given on line {first_line()} with "
+                             f"different content ({old!r:.60} there, {new!r:.60} here).")
+        self.count += 1
+
+    def warn(self) -> None:
+        if self.count:
+            logger.warning("%s: %d repeated %ss with the same content as their first line (each read once).",
+                           self.path, self.count, self.what)
+
+
+def _read_table(path: Path, what: str, value: Callable[[int, dict], Any]) -> dict[str, Any]:
+    """id -> ``value(line_no, row)`` of a BEIR jsonl file, with :class:`_Repeats` checks."""
+    table: dict[str, Any] = {}
+    repeats = _Repeats(path, what)
+    for line_no, row in _read_jsonl(path, ("_id", "text")):
+        key, content = _row_id(path, line_no, row["_id"]), value(line_no, row)
+        if key in table:
+            repeats.check(line_no, repr(key), table[key], content, partial(_first_line, path, key))
+        else:
+            table[key] = content
+    repeats.warn()
+    return table
+
+
+def _first_line(path: Path, key: str) -> int:
+    """The line of a BEIR jsonl file where the id ``key`` first appears (read again only to report a conflict)."""
+    return next(line_no for line_no, row in _read_jsonl(path, ("_id",)) if _row_id(path, line_no, row["_id"]) == key)
+
+
+def _grade(path: Path, line_no: int, field: str) -> int | None:
+    """The integer grade of a qrels line, None if ``field`` is not a number (a header line)."""
+    try:
+        grade = float(field)
+    except ValueError:
+        return None
+    if not math.isfinite(grade) or grade != int(grade):
+        raise ValueError(f"{path}:{line_no}: the grade {field!r} is not a finite integer.")
+    return int(grade)
 
 
 def read_qrels(path: Path) -> Qrels:
@@ -89,6 +159,8 @@ def read_qrels(path: Path) -> Qrels:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found.")
     qrels: Qrels = {}
+    first_lines: dict[tuple[str, str], int] = {}
+    repeats = _Repeats(path, "judgment")
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             parts = line.rstrip("\r\n").split("\t")
@@ -98,13 +170,20 @@ def read_qrels(path: Path) -> Qrels:
                 parts = [parts[0], parts[2], parts[3]]
             if len(parts) != 3:
                 raise ValueError(f"{path}:{line_no}: expected 3 tab-separated columns, got {len(parts)}.")
-            try:
-                grade = int(float(parts[2]))
-            except ValueError:
+            query, document, field = parts
+            grade = _grade(path, line_no, field)
+            if grade is None:
                 if line_no == 1:  # a header line such as "query-id corpus-id score"
                     continue
-                raise ValueError(f"{path}:{line_no}: the grade {parts[2]!r} is not a number.") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = grade
+                raise ValueError(f"{path}:{line_no}: the grade {field!r} is not a number.")
+            judged = qrels.setdefault(query, {})
+            if document in judged:
+                repeats.check(line_no, f"({query!r}, {document!r})", judged[document], grade,
+                              partial(first_lines.__getitem__, (query, document)))
+            else:
+                judged[document] = grade
+                first_lines[query, document] = line_no
+    repeats.warn()
     return qrels
 
 
@@ -121,11 +200,14 @@ def load_beir(folder: str | Path, split: str = "test", *, load_corpus: bool = Tr
     if not qrels_path.exists():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise FileNotFoundError(f"{qrels_path} not found; splits available in {folder}: {available or 'none'}.")
-    queries = {str(row["_id"]): str(row["text"]) for row in _read_jsonl(folder / "queries.jsonl", ("_id", "text"))}
+    queries_path, corpus_path = folder / "queries.jsonl", folder / "corpus.jsonl"
+    queries = _read_table(queries_path, "query id",
+                          lambda line_no, row: _text(queries_path, line_no, row, "text", nullable=False))
     corpus: dict[str, dict[str, str]] = {}
     if load_corpus:
-        for row in _read_jsonl(folder / "corpus.jsonl", ("_id", "text")):
-            corpus[str(row["_id"])] = {"title": row.get("title") or "", "text": row["text"] or ""}
+        corpus = _read_table(corpus_path, "document id", lambda line_no, row: {
+            "title": _text(corpus_path, line_no, row, "title", nullable=True),
+            "text": _text(corpus_path, line_no, row, "text", nullable=True)})
     qrels = read_qrels(qrels_path)
     unknown = [q for q in qrels if q not in queries]
     if unknown:
@@ -259,9 +341,12 @@ def pairs_from_jsonl(path: Path, *, label_threshold: float = 1.0) -> LabelledPai
         if not isinstance(row, dict) or not isinstance(row.get("query"), str):
             raise ValueError(f"{path}:{line_no}: each row needs a string 'query'.")
         if "document" in row and "label" in row:
-            if not isinstance(row["document"], str) or not isinstance(row["label"], (int, float)):
-                raise ValueError(f"{path}:{line_no}: 'document' must be a string and 'label' a number.")
-            rows = [(row["document"], float(row["label"]))]
+            label = row["label"]
+            if not isinstance(row["document"], str):
+                raise ValueError(f"{path}:{line_no}: 'document' must be a string, got {row['document']!r:.40}.")
+            if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
+                raise ValueError(f"{path}:{line_no}: 'label' must be a finite number, got {label!r:.40}.")
+            rows = [(row["document"], float(label))]
         elif "positive" in row and isinstance(row.get("negatives"), list):
             rows = [(row["positive"], max(1.0, float(label_threshold)))] + [(n, 0.0) for n in row["negatives"]]
             if not all(isinstance(d, str) for d, _ in rows):

@@ -14,11 +14,13 @@ names it explicitly.
 
 Steps, each logged; nothing is uploaded unless every check passes:
  1. Validate the folder (every problem is listed at once): config.json maps `auto_map` to modeling_zerank;
-    modeling_zerank.py and zerank_st.py are byte-identical to this installation's; weights are safetensors only (no
-    .bin/.pt/.pkl...) and hold exactly the tensors the model expects; the tokenizer files and chat_template.jinja are
-    there; README.md carries license, base_model, `pipeline_tag: text-ranking`, `library_name: sentence-transformers`
-    and tags, and its usage snippets name the target repo. Then a smoke test loads the folder with CrossEncoder
-    and scores a few pairs. --dry-run stops here and prints the files (size, regular or LFS) and the card.
+    modeling_zerank.py and zerank_st.py are byte-identical to this installation's; the weights are safetensors and
+    hold exactly the tensors the model expects; the tokenizer files and chat_template.jinja are there; README.md
+    carries license (equal to config.json's `source_license` when there is one), base_model,
+    `pipeline_tag: text-ranking`, `library_name: sentence-transformers` and tags, and its usage snippets name the
+    target repo; the folder holds no symbolic link and no pickle (recognised by content, whatever its name). Then a
+    smoke test loads the folder with CrossEncoder and scores a few pairs. --dry-run stops here and prints the files
+    (size, regular or LFS) and the card.
  2. `create_repo(exist_ok=True)` (refused if --private is asked for a repo that exists and is public), create the
     branch if --revision names a new one, then one `upload_folder` commit. The repo revision becomes a mirror of
     the folder: remote files missing from the folder are deleted in the same commit (.gitattributes is kept).
@@ -29,20 +31,31 @@ Steps, each logged; nothing is uploaded unless every check passes:
 
 A card whose snippets name another repo (e.g. built with the default --repo-id) is refused; --retarget-card uploads
 a copy of the card with that repo id replaced by --repo instead (the folder itself is not modified).
-Files never uploaded: build_report.json (it holds local paths), hidden files, __pycache__ and *.pyc.
+Only the package's own files are uploaded (``published_names``: package.PACKAGE_FILES and the weights, by their
+index); anything else in the folder (notes, backups, build_report.json, which holds local paths) is listed as not
+uploaded.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import fnmatch
 import gc
+import gzip
 import hashlib
+import io
 import json
 import logging
+import lzma
+import os
+import pickletools
 import re
 import tempfile
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -56,6 +69,7 @@ from zerank.arguments import PublishArguments
 from zerank.loading import load_reranker
 from zerank.package import (
     AUTO_MAP,
+    PACKAGE_FILES,
     PROBE_PAIRS,
     TEMPLATE_FILE,
     TOKENIZER_FILES,
@@ -70,8 +84,16 @@ from zerank.system import atomic_write_json
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "publish_report.json"
-UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-NOT_UPLOADED = ("build_report.json", ".*", "*/.*", "__pycache__", "*/__pycache__", "*.pyc")
+# Folders that tools keep beside a package (git, caches): neither uploaded nor searched.
+UNSEARCHED_DIRS = (".*", "__pycache__")
+# Pickle opcodes, as bytes: the byte after a pickle's PROTO header is one of them.
+PICKLE_OPCODES = frozenset(op.code.encode("latin-1") for op in pickletools.opcodes)
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Bytes read from the start of a file (or of its decompressed stream) to recognise a pickle or an .npy header.
+SNIFF_BYTES = 1 << 16
+# Largest file searched for a protocol-0/1 pickle (no header: the whole file is disassembled).
+HEADERLESS_PICKLE_MAX_BYTES = 16 << 20
 REQUIRED_METADATA = {"pipeline_tag": "text-ranking", "library_name": "sentence-transformers"}
 # What the Hub stores with git-LFS: its default .gitattributes patterns, files of 10 MiB or more, binary files.
 LFS_PATTERNS = ("*.bin", "*.ckpt", "*.h5", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.pickle", "*.pkl", "*.pt",
@@ -117,12 +139,151 @@ class RemoteState:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+# --- what the folder holds: package files, other files, refused files ---
+
+
+@dataclass
+class FolderContents:
+    upload: list[str]  # the package files present, relative paths
+    not_uploaded: list[str]  # every other entry that is not refused (folders end with "/")
+    refused: list[str]  # "relative path: why", entries that refuse the publish
+
+
+def published_names(folder: Path) -> set[str]:
+    """The relative paths a package publishes: ``package.PACKAGE_FILES`` and its weights (the index and the shards
+    it names, else the single weights file)."""
+    names = set(PACKAGE_FILES)
+    if (folder / WEIGHTS_INDEX).exists():
+        names.add(WEIGHTS_INDEX)
+        with contextlib.suppress(Exception):  # an unreadable index: weight_problems reports it
+            names |= set(weight_map(folder).values())
+    else:
+        names.add(WEIGHTS_FILE)
+    return names
+
+
+def _pickle_header(data: bytes) -> str | None:
+    """Why ``data`` (a file's or a decompressed stream's first bytes) starts a pickle with a header, else None: a
+    pickle of protocol 2 to 5 (PROTO, then an opcode) or an .npy array of Python objects (stored as a pickle)."""
+    if len(data) >= 3 and data[0] == 0x80 and 2 <= data[1] <= 5 and data[2:3] in PICKLE_OPCODES:
+        return f"a pickle (protocol {data[1]})"
+    if data.startswith(NPY_MAGIC):
+        stream = io.BytesIO(data)
+        try:
+            major, _ = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(stream)
+        except Exception:  # noqa: BLE001 -- an unreadable header: numpy refuses to load it anyway
+            return None
+        return "an .npy array of Python objects (a pickle)" if dtype.hasobject else None
+    return None
+
+
+def _is_headerless_pickle(stream) -> bool:
+    """Whether ``stream`` (at its start) is one whole pickle of protocol 0 or 1, which have no header: its bytes
+    disassemble, with a consistent stack, up to a STOP that ends the stream."""
+    try:
+        with open(os.devnull, "w") as sink:
+            pickletools.dis(stream, out=sink)
+    except Exception:  # noqa: BLE001 -- not a pickle (dis raises ValueError and decoding errors)
+        return False
+    return stream.read(1) == b""
+
+
+def _decompressed_head(path: Path, head: bytes) -> bytes | None:
+    """The first ``SNIFF_BYTES`` + 1 bytes of a gzip, zlib, bzip2, xz or lzma file's decompressed stream (reading
+    no more than that, whatever the compression ratio), else None."""
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:  # zlib (joblib's compression)
+        try:
+            return zlib.decompressobj().decompress(head, SNIFF_BYTES + 1)
+        except zlib.error:
+            return None
+    openers = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open, b"]\x00\x00": lzma.open}
+    opener = next((opener for magic, opener in openers.items() if head.startswith(magic)), None)
+    if opener is None:
+        return None
+    try:
+        with opener(path, "rb") as f:
+            return f.read(SNIFF_BYTES + 1)
+    except (OSError, EOFError, lzma.LZMAError):  # not compressed after all: the magic bytes were a coincidence
+        return None
+
+
+def _zipped_pickle(path: Path) -> str | None:
+    """Why a zip archive (torch.save's format, .npz) holds a pickle: a .pkl/.pickle member or an object .npy."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if PurePosixPath(member).suffix.lower() in (".pkl", ".pickle"):
+                    return f"a zip archive holding the pickle {member} (torch.save's format)"
+                if member.lower().endswith(".npy"):
+                    with archive.open(member) as npy:
+                        if _pickle_header(npy.read(SNIFF_BYTES)):
+                            return f"a zip archive holding {member}, an .npy array of Python objects"
+    except (zipfile.BadZipFile, OSError):
+        return None
+    return None
+
+
+def pickle_content(path: Path) -> str | None:
+    """Why the file at ``path`` holds a pickle, recognised by its content whatever its name, else None: a pickle
+    (pickle.dump, joblib, torch.save's legacy format; of protocol 0 or 1, which have no header, up to
+    ``HEADERLESS_PICKLE_MAX_BYTES``), one compressed with gzip, zlib, bzip2, xz or lzma (of protocol 0 or 1: up to
+    ``SNIFF_BYTES`` decompressed), an .npy array of Python objects, or a zip archive (torch.save, .npz) holding a
+    pickle."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+        if reason := _pickle_header(head):
+            return reason
+        if head[:1] in PICKLE_OPCODES and os.fstat(f.fileno()).st_size <= HEADERLESS_PICKLE_MAX_BYTES:
+            f.seek(0)
+            if _is_headerless_pickle(f):
+                return "a pickle (protocol 0 or 1)"
+    data = _decompressed_head(path, head)
+    if data is not None:
+        if reason := _pickle_header(data):
+            return f"{reason}, compressed"
+        if len(data) <= SNIFF_BYTES and data[:1] in PICKLE_OPCODES and _is_headerless_pickle(io.BytesIO(data)):
+            return "a pickle (protocol 0 or 1), compressed"
+        return None
+    return _zipped_pickle(path) if head.startswith(ZIP_MAGIC) else None
+
+
+def folder_contents(folder: Path) -> FolderContents:
+    """Every entry of ``folder``, sorted into the package files to upload, the others, and the refused ones: any
+    symbolic link (publish uploads files, never what a link points at), anything that is not a regular file, and
+    any pickle (``pickle_content``). Hidden folders and __pycache__ are neither uploaded nor searched."""
+    allowed = published_names(folder)
+    contents = FolderContents([], [], [])
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        searched = []
+        for name in sorted(dirs):
+            path, rel = base / name, (base / name).relative_to(folder).as_posix()
+            if path.is_symlink():
+                contents.refused.append(f"{rel}: a symbolic link (to {os.readlink(path)}); links are not published")
+            elif any(fnmatch.fnmatch(name, pattern) for pattern in UNSEARCHED_DIRS):
+                contents.not_uploaded.append(f"{rel}/")
+            else:
+                searched.append(name)
+        dirs[:] = searched
+        for name in sorted(files):
+            path, rel = base / name, (base / name).relative_to(folder).as_posix()
+            if path.is_symlink():
+                contents.refused.append(f"{rel}: a symbolic link (to {os.readlink(path)}); links are not published")
+            elif not path.is_file():
+                contents.refused.append(f"{rel}: not a regular file")
+            elif reason := pickle_content(path):
+                contents.refused.append(f"{rel}: {reason}; pickles run code when loaded, only safetensors weights "
+                                        "are published")
+            elif rel in allowed:
+                contents.upload.append(rel)
+            else:
+                contents.not_uploaded.append(rel)
+    return contents
+
+
 # --- the upload plan ---
-
-
-def not_uploaded(relpath: str) -> bool:
-    """Whether a file (path relative to the folder) is left out of the upload."""
-    return any(fnmatch.fnmatch(relpath, p) or fnmatch.fnmatch(relpath.split("/")[0], p) for p in NOT_UPLOADED)
 
 
 def predicted_mode(relpath: str, size: int, sample: bytes) -> str:
@@ -144,12 +305,14 @@ def sha256_file(path: Path, progress: tqdm | None = None) -> str:
 
 
 def upload_plan(folder: Path, card: str) -> tuple[list[PlannedFile], list[str]]:
-    """The files to upload (relative path, size, sha256, predicted mode) and the ones left out. README.md is
-    ``card``, the text that will be uploaded."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    relpaths = [p.relative_to(folder).as_posix() for p in files]
-    skipped = [r for r in relpaths if not_uploaded(r)]
-    kept = [(p, r) for p, r in zip(files, relpaths) if not not_uploaded(r)]
+    """The package files to upload (relative path, size, sha256, predicted mode) and the entries left out
+    (``folder_contents``; the folder has passed validation, so none is refused). README.md is ``card``, the text
+    that will be uploaded."""
+    contents = folder_contents(folder)
+    if contents.refused:
+        raise PublishRefused(contents.refused)
+    kept = [(folder / relpath, relpath) for relpath in contents.upload]
+    skipped = contents.not_uploaded
     plan = []
     with tqdm(total=sum(p.stat().st_size for p, _ in kept), unit="B", unit_scale=True, desc="Hashing") as bar:
         for path, relpath in kept:
@@ -177,15 +340,20 @@ def retarget(card: str, old: str, new: str) -> str:
     return re.sub(rf"(?<![\w.-]){re.escape(old)}(?![\w-]|\.\w)", new, card)
 
 
-def card_problems(card: str, repo: str) -> list[str]:
-    """What the model card lacks for the hub (metadata) or gets wrong (snippets naming another repo)."""
+def card_problems(card: str, repo: str, source_license: str | None = None) -> list[str]:
+    """What the model card lacks for the hub (metadata) or gets wrong (snippets naming another repo, a licence
+    other than ``source_license``, the licence of the source weights recorded in config.json)."""
     problems = []
     try:
         metadata = ModelCard(card, ignore_metadata_errors=False).data.to_dict()
     except Exception as e:  # noqa: BLE001 -- the card's YAML block is unreadable (yaml and hub errors alike)
         return [f"README.md: its metadata block cannot be parsed ({e})"]
-    if not metadata.get("license"):
+    license_id = metadata.get("license")
+    if not license_id:
         problems.append("README.md metadata: no license")
+    elif source_license and str(license_id).strip().lower() != str(source_license).strip().lower():
+        problems.append(f"README.md metadata: license {license_id!r} differs from config.json's source_license "
+                        f"{source_license!r}, the licence of the source weights (a package cannot relicense them)")
     if not metadata.get("base_model"):
         problems.append("README.md metadata: no base_model (build with --base-model-id)")
     for key, value in REQUIRED_METADATA.items():
@@ -214,6 +382,9 @@ def weight_problems(folder: Path) -> list[str]:
         return [f"no {WEIGHTS_FILE} or {WEIGHTS_INDEX}"]
     except Exception as e:  # noqa: BLE001 -- an unreadable index or single weights file
         return [f"the weights cannot be read ({type(e).__name__}: {e})"]
+    outside = [s for s in shards if PurePosixPath(s).name != s]
+    if outside:
+        return [f"{WEIGHTS_INDEX} names weight files outside the folder or in subfolders: {outside}"]
     missing_shards = [s for s in shards if not (folder / s).exists()]
     if missing_shards:
         return [f"weight shards listed in the index are missing: {missing_shards}"]
@@ -276,13 +447,11 @@ def folder_problems(folder: Path, repo: str, card: str | None) -> list[str]:
     for name in (*TOKENIZER_FILES, TEMPLATE_FILE):
         if not (folder / name).exists():
             problems.append(f"{name} is missing")
-    unsafe = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in UNSAFE_WEIGHT_SUFFIXES)
-    if unsafe:
-        problems.append(f"pickle-based weight files are not published (safetensors only): {unsafe}")
+    problems += folder_contents(folder).refused
     if card is None:
         problems.append("README.md (the model card) is missing")
     else:
-        problems += card_problems(card, repo)
+        problems += card_problems(card, repo, config.get("source_license"))
     if config and not any(p.startswith("config.json") for p in problems):
         problems += weight_problems(folder)
     return problems
@@ -401,6 +570,9 @@ def authenticate(endpoint: str | None) -> HfApi:
         user = api.whoami()["name"]
     except HfHubHTTPError as e:
         raise PublishRefused([f"{api.endpoint} rejected the token: {e}"])
+    except Exception as e:  # transport errors (refused, DNS, TLS, timeout, offline mode) have no public type
+        raise ConnectionError(f"cannot reach the hub at {api.endpoint} ({type(e).__name__}: {e}); nothing was "
+                              "uploaded") from e
     logger.info("Authenticated on %s as %s", api.endpoint, user)
     return api
 
@@ -523,7 +695,8 @@ def print_summary(args: PublishArguments, report: dict) -> None:
 
 
 def main(args: PublishArguments) -> int:
-    """``zerank publish``: 0 when done (or dry run), 2 when refused (nothing uploaded), 1 when stopped midway."""
+    """``zerank publish``: 0 when done (or dry run), 2 when refused (nothing uploaded), 1 when stopped midway.
+    An unreachable hub raises ConnectionError (the command line's one-line error, exit 1; nothing uploaded)."""
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -54,8 +54,9 @@ def pair_lengths(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | 
     if not pairs:
         return []
     overhead = template_overhead_tokens(tokenizer)
-    queries = tokenizer([q for q, _ in pairs], add_special_tokens=False)["input_ids"]
-    documents = tokenizer([d for _, d in pairs], add_special_tokens=False)["input_ids"]
+    # Content is tokenized as text (special-token strings split), as zerank's input module encodes it.
+    queries = tokenizer([q for q, _ in pairs], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    documents = tokenizer([d for _, d in pairs], add_special_tokens=False, split_special_tokens=True)["input_ids"]
     lengths = [len(q) + len(d) + overhead for q, d in zip(queries, documents)]
     return [min(n, max_length) for n in lengths] if max_length else lengths
 

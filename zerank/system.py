@@ -70,6 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a crash
     return path
 
 
@@ -91,6 +92,7 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
 
 
 STAGING_MARK = ".staging-"
+OLD_MARK = "old-"
 
 
 @contextmanager
@@ -98,36 +100,76 @@ def staged_output_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out``; when the block ends without an error, rename it to ``out``.
 
     Readers never see a folder that the block did not finish (and verify): a failure deletes the staging folder, a
-    killed process leaves only a hidden ``.NAME.staging-*`` folder, which the next run removes. An existing ``out``
-    is refused unless ``overwrite``; then it is kept until the new folder is complete, moved aside, and deleted
-    only after the new one has been renamed into place (at no moment is neither of them on disk).
+    killed process leaves only a hidden ``.NAME.staging-PID-*`` folder, which the next run removes once that process
+    is gone (a run in progress is left alone). An existing ``out`` is refused unless ``overwrite``; then it is kept
+    until the new folder is complete, moved aside, and deleted only after the new one has been renamed into place
+    (at no moment is neither of them on disk; a run killed between the two renames gets the old folder back on the
+    next run). The staged files are fsynced before the rename, so the rename never outlives their content.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(out.parent.glob(f".{out.name}{STAGING_MARK}*")):
-        if stale.name.startswith(f".{out.name}{STAGING_MARK}old-") and not out.exists():
-            os.replace(stale, out)  # killed between the two renames: the previous folder comes back
-        else:
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+    _remove_stale_staging(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it.")
-    staging = out.parent / f".{out.name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
+    staging = out.parent / f".{out.name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         yield staging
+        _fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}{STAGING_MARK}old-{uuid.uuid4().hex[:8]}"
+        old = out.parent / f".{out.name}{STAGING_MARK}{OLD_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
     os.replace(staging, out)
     _fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete the staging folders of ``out`` left by killed runs; put back a previous ``out`` that a run killed
+    between its two renames had moved aside."""
+    prefix = f".{out.name}{STAGING_MARK}"
+    stale = [p for p in out.parent.iterdir() if p.name.startswith(prefix)]
+    # Staging folders first, then the moved-aside previous folders.
+    for path in sorted(stale, key=lambda p: p.name[len(prefix):].startswith(OLD_MARK)):
+        tail = path.name[len(prefix):]
+        if _process_alive(tail.removeprefix(OLD_MARK).split("-")[0]):
+            continue
+        if tail.startswith(OLD_MARK) and not out.exists():
+            os.replace(path, out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: str) -> bool:
+    """Whether the process ``pid`` (a decimal string; anything else counts as gone) is running. A reused pid only
+    delays a clean-up to a later run."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
 
 
 def _fsync_dir(path: Path) -> None:
