@@ -4,6 +4,10 @@ A package is: ``config.json`` (``model_type: zerank`` with an ``auto_map`` to th
 weights (one file or shards with an index), ``modeling_zerank.py`` and ``zerank_st.py`` (byte-identical to this
 installation's), the tokenizer with ``chat_template.jinja``, the sentence-transformers configs and ``README.md``
 (the model card rendered from ``model_card.md``).
+
+Provenance: ``config.json`` carries ``source_model`` (the hub id or folder the weights came from), ``source_revision``
+(the hub commit, when downloaded) and ``source_license`` (the source card's licence id); the card's front matter has
+``license:`` = ``source_license`` and ``base_model:`` = the source's hub id.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, metadata_load, snapshot_download
 from jinja2 import Environment, StrictUndefined
 from safetensors import safe_open
 from transformers import Qwen3Config
@@ -44,6 +49,8 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                         "BOOL": 1}
 WEIGHTS_FILE = "model.safetensors"
+# The licence of this package's own code, and of weights it creates (random ``--random`` builds).
+PACKAGE_LICENSE = "apache-2.0"
 # Pairs every build, export and publish scores to check itself: mixed lengths, non-Latin text.
 PROBE_PAIRS = [
     ("What is 2+2?", "4"),
@@ -56,6 +63,43 @@ PROBE_PAIRS = [
 def is_hub_id(model: str) -> bool:
     """Whether ``model`` names a hub repo (owner/name) rather than a local path."""
     return not Path(model).exists() and not model.startswith((".", "/", "~")) and model.count("/") == 1
+
+
+def snapshot_revision(folder: Path) -> str | None:
+    """The commit of a hub snapshot folder (the hub cache stores each as ``snapshots/<commit>``), else None."""
+    if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name):
+        return folder.name
+    return None
+
+
+def card_license(folder: Path) -> str | None:
+    """The ``license:`` of the front matter of ``folder/README.md`` (a hub model card), or None."""
+    card = folder / CARD_FILE
+    if not card.exists():
+        return None
+    license_id = (metadata_load(card) or {}).get("license")
+    return str(license_id).strip().lower() if license_id else None
+
+
+def is_non_commercial(license_id: str) -> bool:
+    """Whether a hub licence id forbids commercial use (the Creative Commons NC family: cc-by-nc-4.0, ...)."""
+    return "-nc" in license_id.lower()
+
+
+def package_license(source_license: str | None, requested: str | None, source: str) -> str:
+    """The licence a package built from ``source`` carries: ``requested`` (``--license``) or the source's.
+
+    A source without a licence needs one requested; a non-commercial source licence is never replaced by one that
+    allows commercial use."""
+    if requested is None:
+        if source_license is None:
+            raise ValueError(f"{source} states no licence (no `license:` in its {CARD_FILE} front matter): pass "
+                             "--license with the licence its weights are under.")
+        return source_license
+    if source_license is not None and is_non_commercial(source_license) and not is_non_commercial(requested):
+        raise ValueError(f"{source} is licensed {source_license} (non-commercial): a package of its weights cannot "
+                         f"be relicensed {requested}.")
+    return requested
 
 
 def resolve_model_dir(model: str, revision: str | None = None, allow_patterns: Sequence[str] | None = None) -> Path:
@@ -140,9 +184,14 @@ def render_model_card(
 ) -> str:
     """The model card (``README.md``) of a package, from the ``model_card.md`` template.
 
-    ``calibration``, ``evaluation`` and ``training`` are Markdown sections (``calibration.md``, ``results.md``, a
-    training summary) included when given.
+    The card's licence is the config's ``source_license``, with no default: a card never states a licence its weights
+    may not have. The provenance paragraph names the config's ``source_model`` and ``source_revision``. ``calibration``, ``evaluation`` and ``training`` are Markdown sections (``calibration.md``,
+    ``results.md``, a training summary) included when given.
     """
+    license_id = getattr(config, "source_license", None)
+    if not license_id:
+        raise ValueError("No licence for the model card: the config has no source_license (rebuild the package with "
+                         "zerank build, which records it).")
     template = Environment(undefined=StrictUndefined, keep_trailing_newline=True).from_string(
         MODEL_CARD_TEMPLATE.read_text()
     )
@@ -151,6 +200,10 @@ def render_model_card(
         base_model=base_model,
         base_model_id=base_model_id,
         untrained=untrained,
+        license=license_id,
+        non_commercial=is_non_commercial(license_id),
+        source_model=getattr(config, "source_model", None),
+        source_revision=getattr(config, "source_revision", None),
         score_temperature=config.score_temperature,
         score_bias=config.score_bias,
         yes_token_id=config.yes_token_id,

@@ -1,11 +1,13 @@
-"""Files that ship with the package: the remote code, the prompt template, model shapes, the model card template,
-and where the real Qwen3 tokenizer is found offline."""
+"""Files that ship with the package: the remote code, the prompt template, model shapes, the presets of the published
+checkpoints, the model card template, and where the real Qwen3 tokenizer is found offline."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -13,6 +15,8 @@ CONFIG_DIR = PACKAGE_DIR / "config"
 CHAT_TEMPLATE_FILE = CONFIG_DIR / "chat_template.jinja"
 ST_CONFIG_DIR = CONFIG_DIR / "sentence_transformers"
 MODEL_CARD_TEMPLATE = PACKAGE_DIR / "model_card.md"
+# The published zerank checkpoints `zerank build --base NAME` converts (hub id, shape, calibration, licence).
+PRESETS_FILE = CONFIG_DIR / "presets.json"
 # The remote-code modules, installed as top-level modules beside this package and copied next to the weights.
 REMOTE_CODE_MODULES = ("modeling_zerank", "zerank_st")
 TOKENIZER_SHA256_PREFIX = "aeb13307"
@@ -30,8 +34,8 @@ def remote_code_files() -> list[Path]:
 
 
 def shape_names() -> list[str]:
-    """The packaged model shapes (config/*.json): tiny, qwen3-0.6b, zerank-1-small, zerank-1."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    """The packaged model shapes (config/*.json but the presets): tiny, qwen3-0.6b, zerank-1-small, zerank-1."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if p != PRESETS_FILE)
 
 
 def shape_config(name_or_path: str | Path) -> Path:
@@ -40,10 +44,28 @@ def shape_config(name_or_path: str | Path) -> Path:
     if path.is_file():
         return path
     packaged = CONFIG_DIR / f"{name_or_path}.json"
-    if packaged.is_file():
+    if packaged.is_file() and packaged != PRESETS_FILE:
         return packaged
     shapes = ", ".join(shape_names())
     raise FileNotFoundError(f"{name_or_path} is neither a config file nor a packaged shape ({shapes}).")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published zerank checkpoint: its hub repo, the packaged shape it must have, its calibration and the licence
+    its card states (used when the downloaded card states none)."""
+
+    name: str
+    hub_id: str
+    shape: str
+    score_temperature: float
+    score_bias: float
+    license: str
+
+
+def presets() -> dict[str, Preset]:
+    """The presets of ``config/presets.json`` by name: zerank-1-small, zerank-1, zerank-2."""
+    return {name: Preset(name=name, **fields) for name, fields in json.loads(PRESETS_FILE.read_text()).items()}
 
 
 def default_tokenizer_dir() -> Path:
