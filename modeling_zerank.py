@@ -13,6 +13,7 @@ This file is self-contained: it is copied next to the weights and loaded with ``
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -38,6 +39,11 @@ class ZerankConfig(Qwen3Config):
         max_query_tokens (`int`, *optional*, defaults to 4096):
             Longest query (in tokens, instruction included) that the sentence-transformers input module keeps;
             longer queries are cut with a warning so that the document always has room in the context.
+        split_special_tokens_in_content (`bool`, *optional*, defaults to `True`):
+            The sentence-transformers input module tokenizes the query, the document and the instruction as text:
+            a special-token string in them (``<|im_end|>``) becomes ordinary characters, never a control token, so
+            content cannot close its turn. False restores upstream's encoding (the rendered prompt tokenized as one
+            string), for parity with runtimes that do so.
         share_query_prefix (`bool`, *optional*, defaults to `True`):
             At inference, rows of a batch that begin with the same tokens (the query prefix of a rerank call) have that
             prefix run once; its keys/values are shared by the rows and only their remaining tokens are run. Exact.
@@ -50,6 +56,29 @@ class ZerankConfig(Qwen3Config):
             ``max_batch_tokens`` on CPU when it is unset.
         accelerator_max_batch_tokens (`int`, *optional*, defaults to 32768):
             ``max_batch_tokens`` on an accelerator (CUDA, MPS, ...) when it is unset.
+        max_prefix_mask_elements (`int`, *optional*, defaults to 4194304):
+            A batch that continues a shared prefix needs one boolean attention mask of (continuation length) x
+            (prefix + continuation length) elements, shared by its rows; a batch without a prefix needs none (causal
+            attention over right-padded rows). A batch whose mask would have more elements than this runs its rows
+            whole instead (prefix included), so that long rows cost what the plain path costs. This bounds memory
+            only (the default, 2048 x 2048, is 4 MiB as booleans and 16 MiB if the kernel makes it fp32); below it,
+            ``forward_cost`` decides whether the prefix pays.
+        pack_rows (`bool`, *optional*):
+            Run each batch of the fast path as one packed row without padding (position ids restart after the
+            prefix at every row) instead of right-padded rows. Unset: packed under flash attention, whose varlen
+            kernel needs no mask, and padded under sdpa/eager, where packing needs a (tokens x tokens) mask and
+            attention over all of it.
+        cpu_forward_overhead_flops (`float`, *optional*, defaults to 4.8e7):
+            The fixed cost of running one decoder layer once (Python, dispatch, kernel launches), on CPU, expressed
+            as the FLOPs the device would do in that time. The fast path estimates the cost of its plan (FLOPs of
+            the tokens it runs plus this per layer and forward) and runs the plain padded batch instead when that
+            is estimated cheaper, as on tiny models where the per-forward cost outweighs the tokens saved.
+            Measured by ``zerank bench --crossover-docs N ...`` (``forward_overhead_flops_measured``; the default
+            is its value on a 2-thread AVX-512 CPU: a 2-token forward of the 2-layer model took 0.25 ms per layer,
+            at a same-run matmul rate of 190 GFLOP/s).
+        accelerator_forward_overhead_flops (`float`, *optional*, defaults to 0.0):
+            ``cpu_forward_overhead_flops`` on an accelerator. Not measured yet (0: the plan runs whenever it needs
+            fewer FLOPs than the padded batch).
         num_labels (`int`, *optional*, defaults to 1):
             One relevance logit per pair. Qwen3Config's default of 2 would make sentence-transformers skip the sigmoid.
     """
@@ -60,11 +89,16 @@ class ZerankConfig(Qwen3Config):
     score_temperature: float = 5.0
     score_bias: float = 0.0
     max_query_tokens: int = 4096
+    split_special_tokens_in_content: bool = True
     share_query_prefix: bool = True
     min_shared_prefix_tokens: int = 8
     max_batch_tokens: int | None = None
     cpu_max_batch_tokens: int = 2048
     accelerator_max_batch_tokens: int = 32768
+    max_prefix_mask_elements: int = 4194304
+    pack_rows: bool | None = None
+    cpu_forward_overhead_flops: float = 4.8e7
+    accelerator_forward_overhead_flops: float = 0.0
 
     def __post_init__(self, **kwargs):
         if self.id2label is None:
@@ -80,10 +114,14 @@ class ZerankConfig(Qwen3Config):
             raise ValueError(f"max_query_tokens must be at least 1, got {self.max_query_tokens}.")
         if self.min_shared_prefix_tokens < 1:
             raise ValueError(f"min_shared_prefix_tokens must be at least 1, got {self.min_shared_prefix_tokens}.")
-        for name in ("max_batch_tokens", "cpu_max_batch_tokens", "accelerator_max_batch_tokens"):
+        for name in ("max_batch_tokens", "cpu_max_batch_tokens", "accelerator_max_batch_tokens",
+                     "max_prefix_mask_elements"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}.")
+        for name in ("cpu_forward_overhead_flops", "accelerator_forward_overhead_flops"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}.")
         if self.num_labels != 1:
             raise ValueError(f"zerank scores one logit per pair, so num_labels must be 1, got {self.num_labels}.")
 
@@ -92,6 +130,22 @@ class ZerankConfig(Qwen3Config):
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return self.cpu_max_batch_tokens if device_type == "cpu" else self.accelerator_max_batch_tokens
+
+    def packs_rows(self) -> bool:
+        """Whether the fast path packs the rows of a batch into one row (``pack_rows``, by default under flash
+        attention only)."""
+        return self.pack_rows if self.pack_rows is not None else is_flash_attention(self._attn_implementation)
+
+    def forward_cost(self, device_type: str, rows: int, width: int, context: int = 0, masked: bool = False) -> float:
+        """Estimated cost, in FLOPs, of one forward of ``rows`` rows of ``width`` tokens that attend to ``context``
+        earlier tokens (a shared prefix): the linear layers, the attention (every key of the mask when one is passed,
+        half the square under the kernel's own causal attention) and the per-layer fixed cost of the device kind."""
+        q_dim, kv_dim = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        linear = 2 * self.hidden_size * (2 * q_dim + 2 * kv_dim + 3 * self.intermediate_size)
+        keys = context + width if masked else (width + 1) / 2
+        attention = 4 * q_dim * keys
+        overhead = self.cpu_forward_overhead_flops if device_type == "cpu" else self.accelerator_forward_overhead_flops
+        return self.num_hidden_layers * (rows * width * (linear + attention) + overhead)
 
 
 class ZerankPreTrainedModel(Qwen3PreTrainedModel):
@@ -105,9 +159,11 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
     ``forward`` returns ``logits`` of shape (batch, 1): the calibrated logit. With ``labels`` (relevance in [0, 1])
     it also returns the binary cross-entropy of those logits.
 
-    At inference (no gradients, no labels, sdpa or eager attention) the padded batch is not run as it comes: its
-    padding is dropped, rows that share a query prefix run that prefix once, and the remaining tokens are regrouped by
-    length into batches under ``config.max_batch_tokens``. Scores equal the plain path's (within float rounding).
+    At inference (no gradients, no labels, no position ids, sdpa or eager attention) the padded batch is not run as
+    it comes: its padding is dropped, rows that share a query prefix run that prefix once, and the remaining tokens
+    are regrouped by length into batches under ``config.max_batch_tokens``, unless ``config.forward_cost`` estimates
+    that plan dearer than the padded batch (tiny models, one long row). Scores equal the plain path's (within float
+    rounding).
     """
 
     def __init__(self, config: ZerankConfig):
@@ -132,8 +188,12 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
         """
         if self._can_repack(input_ids, position_ids, inputs_embeds, labels, kwargs):
             share = self.config.share_query_prefix if share_prefix is None else share_prefix
-            raw = self._repacked_raw_logits(input_ids, attention_mask, share)
-            return SequenceClassifierOutput(logits=self.calibrate(raw))
+            rows = real_token_rows(input_ids, attention_mask)
+            plan = self._repack_plan(rows, share, input_ids.device.type)
+            padded = attention_mask is not None and not bool(attention_mask.all())
+            plain_cost = self.config.forward_cost(input_ids.device.type, *input_ids.shape, masked=padded)
+            if self._plan_cost(plan, input_ids.device.type) < plain_cost:
+                return SequenceClassifierOutput(logits=self.calibrate(self._run_plan(rows, plan)))
 
         if position_ids is None and attention_mask is not None:
             # Number real tokens from 0 in every row, so a left-padded row sees the positions it has unpadded.
@@ -179,21 +239,52 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
             and not wants_outputs
             and not self.training
             and not torch.is_grad_enabled()
-            and self.config._attn_implementation in ("sdpa", "eager")
+            and (self.config._attn_implementation in ("sdpa", "eager")
+                 or is_flash_attention(self.config._attn_implementation))
             and all(layer_type == "full_attention" for layer_type in self.config.layer_types)
         )
 
-    def _repacked_raw_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, share: bool):
-        rows = real_token_rows(input_ids, attention_mask)
-        budget = self.config.batch_token_budget(input_ids.device.type)
-        min_prefix = self.config.min_shared_prefix_tokens if share else None
-        pooled = torch.empty(len(rows), self.config.hidden_size, device=input_ids.device, dtype=self.dtype)
-        for prefix_len, members in group_by_shared_prefix(rows, min_prefix):
-            prefix_cache = self._prefix_cache(rows[members[0]][:prefix_len]) if prefix_len else None
+    def _repack_plan(self, rows: list[torch.Tensor], share: bool, device_type: str) -> list[RepackedBatch]:
+        """The forwards that replace the padded batch: rows grouped by shared prefix, then by length under the token
+        budget. A batch continues its group's prefix when its mask fits ``max_prefix_mask_elements`` and that is
+        estimated cheaper than running its rows whole."""
+        config = self.config
+        budget = config.batch_token_budget(device_type)
+        min_prefix = config.min_shared_prefix_tokens if share else None
+        plan = []
+        for group, (prefix_len, members) in enumerate(group_by_shared_prefix(rows, min_prefix)):
             lengths = [len(rows[i]) - prefix_len for i in members]
             for batch in token_budget_batches(lengths, budget):
-                indices = [members[i] for i in batch]
-                pooled[indices] = self._last_hidden([rows[i][prefix_len:] for i in indices], prefix_len, prefix_cache)
+                width = max(lengths[i] for i in batch)
+                shared = bool(prefix_len) and width * (prefix_len + width) <= config.max_prefix_mask_elements and (
+                    config.forward_cost(device_type, len(batch), width, prefix_len, masked=True)
+                    < config.forward_cost(device_type, len(batch), prefix_len + width)
+                )
+                kept = prefix_len if shared else 0
+                plan.append(RepackedBatch([members[i] for i in batch], group, kept, prefix_len + width - kept))
+        return plan
+
+    def _plan_cost(self, plan: list[RepackedBatch], device_type: str) -> float:
+        """Estimated cost (FLOPs) of a plan: its batches plus one forward per prefix it uses."""
+        prefixes = {batch.group: batch.prefix_len for batch in plan if batch.prefix_len}
+        return sum(self.config.forward_cost(device_type, 1, n) for n in prefixes.values()) + sum(
+            self.config.forward_cost(device_type, len(b.indices), b.width, b.prefix_len, masked=bool(b.prefix_len))
+            for b in plan
+        )
+
+    def _run_plan(self, rows: list[torch.Tensor], plan: list[RepackedBatch]) -> torch.Tensor:
+        """Raw logits of ``rows`` computed batch by batch as ``plan`` says; each prefix runs once, when first used."""
+        pooled = torch.empty(len(rows), self.config.hidden_size, device=rows[0].device, dtype=self.dtype)
+        prefix_caches = {}
+        for batch in plan:
+            cache = None
+            if batch.prefix_len:
+                if batch.group not in prefix_caches:
+                    prefix_caches[batch.group] = self._prefix_cache(rows[batch.indices[0]][: batch.prefix_len])
+                cache = prefix_caches[batch.group]
+            pooled[batch.indices] = self._last_hidden(
+                [rows[i][batch.prefix_len :] for i in batch.indices], batch.prefix_len, cache
+            )
         return self.raw_logit(pooled)
 
     def _cache_argument(self, cache: SharedPrefixCache) -> dict:
@@ -210,30 +301,80 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
 
     def _last_hidden(self, rows: list[torch.Tensor], prefix_len: int, prefix_cache) -> torch.Tensor:
         """Final hidden state of the last token of each row, the rows continuing a shared prefix of ``prefix_len``."""
+        if self.config.packs_rows():
+            return self._last_hidden_packed(rows, prefix_len, prefix_cache)
         device = rows[0].device
         lengths = torch.tensor([len(r) for r in rows], device=device)
         width = int(lengths.max())
         ids = torch.zeros((len(rows), width), dtype=rows[0].dtype, device=device)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
-        steps = torch.arange(width, device=device)
-        # Positions continue the prefix explicitly: right padding never shifts them.
-        position_ids = (prefix_len + steps).expand(len(rows), -1)
-        # (rows, 1, width, prefix_len + width): every token sees the whole prefix and, causally, its row's real tokens.
-        # Padded query positions still see their row's first token, so no softmax row is empty.
-        key_real = steps[None, :] < lengths[:, None]
-        causal = steps[None, :] <= steps[:, None]
-        own = causal[None] & key_real[:, None, :]
-        visible = torch.cat([own.new_ones(len(rows), width, prefix_len), own], dim=-1)[:, None]
-        if self.config._attn_implementation == "eager":
-            visible = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill(
-                ~visible, torch.finfo(self.dtype).min
-            )
+        # Rows are right-padded, so under causal attention a real token never sees padding: every row needs the
+        # same mask, and without a prefix none at all (the kernel's own causal attention, as in the plain path).
+        position_ids = visible = None
+        if prefix_len:
+            steps = torch.arange(width, device=device)
+            position_ids = (prefix_len + steps)[None]
+            # (1, 1, width, prefix_len + width): every token sees the whole prefix and, causally, its own row.
+            keys = torch.arange(prefix_len + width, device=device)
+            visible = (keys[None, :] <= position_ids[0, :, None])[None, None]
+            if self.config._attn_implementation == "eager":
+                visible = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill(
+                    ~visible, torch.finfo(self.dtype).min
+                )
         cache_argument = self._cache_argument(prefix_cache) if prefix_cache is not None else {}
         hidden = self.model(
             input_ids=ids, attention_mask=visible, position_ids=position_ids, use_cache=False, **cache_argument
         ).last_hidden_state
         return hidden[torch.arange(len(rows), device=device), lengths - 1]
+
+    def _last_hidden_packed(self, rows: list[torch.Tensor], prefix_len: int, prefix_cache) -> torch.Tensor:
+        """``_last_hidden`` with the rows packed into one row of their total length: no padding. Position ids restart
+        (after the prefix) at every row. Flash attention gets the row boundaries as varlen lengths (each row's keys
+        are the prefix and its own tokens, laid out by the cache) and needs no mask; sdpa and eager get one
+        (tokens x (prefix + tokens)) mask: the prefix, then causal attention within the token's own row."""
+        device = rows[0].device
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        ends = lengths.cumsum(0)
+        total = int(ends[-1])
+        row_of = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
+        steps = torch.arange(total, device=device)
+        position_ids = (prefix_len + steps - (ends - lengths)[row_of])[None]
+        cache = prefix_cache
+        if is_flash_attention(self.config._attn_implementation):
+            starts = nn.functional.pad(ends, (1, 0))
+            kwargs = {
+                "cu_seq_lens_q": starts.to(torch.int32),
+                "cu_seq_lens_k": (starts + prefix_len * torch.arange(len(rows) + 1, device=device)).to(torch.int32),
+                "max_length_q": int(lengths.max()),
+                "max_length_k": prefix_len + int(lengths.max()),
+                "attention_mask": None,
+            }
+            if prefix_cache is not None:
+                cache = prefix_cache.continued_by(lengths.tolist())
+        else:
+            own = (row_of[:, None] == row_of[None, :]) & (steps[None, :] <= steps[:, None])
+            visible = torch.cat([own.new_ones(total, prefix_len), own], dim=-1)[None, None]
+            if self.config._attn_implementation == "eager":
+                visible = torch.zeros(visible.shape, dtype=self.dtype, device=device).masked_fill(
+                    ~visible, torch.finfo(self.dtype).min
+                )
+            kwargs = {"attention_mask": visible}
+        cache_argument = self._cache_argument(cache) if cache is not None else {}
+        hidden = self.model(
+            input_ids=torch.cat(rows)[None], position_ids=position_ids, use_cache=False, **cache_argument, **kwargs
+        ).last_hidden_state
+        return hidden[0, ends - 1]
+
+
+class RepackedBatch(NamedTuple):
+    """One forward of the fast path: rows ``indices`` of the incoming batch, right-padded to ``width`` tokens after
+    the first ``prefix_len`` tokens they share (their prefix ``group``'s, run once), or run whole if it is 0."""
+
+    indices: list[int]
+    group: int
+    prefix_len: int
+    width: int
 
 
 class SharedPrefixCache(DynamicCache):
@@ -242,24 +383,45 @@ class SharedPrefixCache(DynamicCache):
     It implements the ``Cache`` interface the backbone calls (``update``, ``get_seq_length``). The first forward (the
     prefix, batch 1) stores each layer's keys/values. Every later forward continues the prefix: ``update`` returns
     the prefix expanded to the batch (a view) followed by the new keys/values and stores nothing, so one cache serves
-    every batch of a group and the continuation's keys/values are freed layer by layer.
+    every batch of a group and the continuation's keys/values are freed layer by layer. For rows packed into one
+    row for a varlen kernel, ``continued_by`` gives a view that lays out the prefix before every row instead.
+    ``get_mask_sizes`` counts the prefix, so transformers sizes any mask it builds over prefix + continuation.
     """
 
-    def __init__(self):
+    def __init__(self, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 packed_lengths: list[int] | None = None):
         super().__init__()
-        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] = [] if prefix is None else prefix
+        self.packed_lengths = packed_lengths
+
+    def continued_by(self, packed_lengths: list[int]) -> SharedPrefixCache:
+        """A view of this prefix for one forward of rows packed into one row (batch 1) of these lengths, for a
+        varlen attention kernel: ``update`` lays the keys/values out as prefix, row 1, prefix, row 2, ..."""
+        return SharedPrefixCache(self.prefix, packed_lengths)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if len(self.prefix) == layer_idx:  # the prefix's own forward
             self.prefix.append((key_states, value_states))
             return key_states, value_states
         keys, values = self.prefix[layer_idx]
-        batch = key_states.shape[0]
-        return (torch.cat([keys.expand(batch, -1, -1, -1), key_states], dim=-2),
-                torch.cat([values.expand(batch, -1, -1, -1), value_states], dim=-2))
+        return self._continued(keys, key_states), self._continued(values, value_states)
+
+    def _continued(self, cached: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        if self.packed_lengths is None:
+            return torch.cat([cached.expand(new.shape[0], -1, -1, -1), new], dim=-2)
+        pieces = [piece for row in new.split(self.packed_lengths, dim=-2) for piece in (cached, row)]
+        return torch.cat(pieces, dim=-2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.prefix[layer_idx][0].shape[-2] if len(self.prefix) > layer_idx else 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.get_seq_length(layer_idx) + query_length, 0
+
+
+def is_flash_attention(implementation: str | None) -> bool:
+    """Whether an attention implementation is a flash-attention kernel (varlen: packed rows need no mask)."""
+    return bool(implementation) and "flash" in implementation
 
 
 def real_token_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:

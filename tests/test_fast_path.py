@@ -1,5 +1,6 @@
 """Inference fast path (padding dropped, shared query prefix run once, length regrouping) equals the plain path."""
 
+import functools
 import warnings
 
 import pytest
@@ -22,7 +23,11 @@ DOCS = ["Paris is the capital.", "The cat sat on the mat. " * 6, "Reboot and edi
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    return AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    """The tiny model with the fast path forced: its per-forward cost would otherwise send small batches to the
+    plain path."""
+    tiny = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
+    tiny.config.cpu_forward_overhead_flops = 0
+    return tiny
 
 
 def encode(tokenizer, pairs, side, **template_kwargs):
@@ -163,3 +168,113 @@ def test_shared_prefix_cache_is_read_only_after_the_prefix():
         assert keys.shape == (3, 2, 12, 4) and torch.equal(keys[:, :, :5], prefix_k.expand(3, -1, -1, -1))
         assert torch.equal(values[:, :, 5:], new_v)
         assert cache.get_seq_length() == 5 and len(cache.prefix) == 1
+
+
+def test_large_prefix_mask_runs_rows_whole(model, tokenizer, monkeypatch):
+    """A batch whose prefix mask would exceed ``max_prefix_mask_elements`` runs its rows whole: no prefix forward."""
+    pairs = [(QUERIES[1], d) for d in DOCS]
+    batch = encode(tokenizer, pairs, "left")
+    calls = []
+    original = type(model)._prefix_cache
+    monkeypatch.setattr(type(model), "_prefix_cache", lambda self, p: calls.append(len(p)) or original(self, p))
+    monkeypatch.setattr(model.config, "max_prefix_mask_elements", 1)
+    with torch.inference_mode():
+        fast = model(**batch).logits
+    assert calls == [] and (fast - plain_logits(model, batch)).abs().max().item() <= 1e-5
+
+
+def test_batches_without_prefix_pass_no_mask(model, tokenizer, monkeypatch):
+    """Right-padded rows under causal attention need no mask: prefix-free batches leave it to the kernel (no
+    (rows x width x width) tensor), batches continuing a prefix pass one mask shared by all their rows."""
+    pairs = [(q, d) for q in QUERIES[:2] for d in DOCS]
+    batch = encode(tokenizer, pairs, "left")
+    masks = []
+    original = type(model.model).forward
+
+    @functools.wraps(original)
+    def recording_forward(self, **kwargs):
+        masks.append(kwargs.get("attention_mask"))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(type(model.model), "forward", recording_forward)
+    with torch.inference_mode():
+        model(**batch, share_prefix=False)
+        assert masks and all(m is None for m in masks)
+        masks.clear()
+        model(**batch)
+    shared = [m for m in masks if m is not None]
+    assert shared and all(m.shape[0] == 1 and m.dtype == torch.bool for m in shared)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_eager_attention_fast_path_equals_plain_path(tiny_model_dir, tokenizer, share):
+    eager = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, trust_remote_code=True, attn_implementation="eager", cpu_forward_overhead_flops=0).eval()
+    pairs = [(q, d) for q in QUERIES for d in DOCS]
+    batch = encode(tokenizer, pairs, "right")
+    with torch.inference_mode():
+        fast = eager(**batch, share_prefix=share).logits
+    assert (fast - plain_logits(eager, batch)).abs().max().item() <= 1e-5
+
+
+def test_plan_dearer_than_the_padded_batch_runs_the_plain_path(model, tokenizer, monkeypatch):
+    pairs = [(QUERIES[0], d) for d in DOCS]
+    batch = encode(tokenizer, pairs, "left")
+    calls = []
+    original = type(model)._run_plan
+    monkeypatch.setattr(type(model), "_run_plan", lambda self, rows, plan: calls.append(plan) or original(self, rows, plan))
+    monkeypatch.setattr(model.config, "cpu_forward_overhead_flops", 1e15)
+    with torch.inference_mode():
+        plain = model(**batch).logits
+    assert calls == [] and (plain - plain_logits(model, batch)).abs().max().item() <= 1e-6
+    monkeypatch.setattr(model.config, "cpu_forward_overhead_flops", 0)
+    with torch.inference_mode():
+        model(**batch)
+    assert len(calls) == 1 and any(b.prefix_len for b in calls[0])
+
+
+def test_one_unpadded_row_runs_the_plain_path(model):
+    """Nothing to drop or share: the plan's estimate equals the padded batch's, and the plain path runs."""
+    config = model.config
+    rows = [torch.arange(100, 400)]
+    plan = model._repack_plan(rows, True, "cpu")
+    assert len(plan) == 1 and plan[0].prefix_len == 0
+    assert model._plan_cost(plan, "cpu") == config.forward_cost("cpu", 1, 300)
+
+
+def test_forward_cost_counts_mask_keys_and_fixed_cost():
+    config = ZerankConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=16, num_hidden_layers=2, cpu_forward_overhead_flops=10.0,
+                          accelerator_forward_overhead_flops=7.0)
+    causal, masked = config.forward_cost("cpu", 1, 100), config.forward_cost("cpu", 1, 100, 20, masked=True)
+    q_dim = 64
+    assert masked - causal == pytest.approx(2 * 100 * 4 * q_dim * (120 - 50.5))
+    assert config.forward_cost("cpu", 0, 0) == 20.0
+    assert config.forward_cost("cuda", 0, 0) == 14.0
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("share", [True, False])
+def test_packed_rows_equal_plain_path(tiny_model_dir, tokenizer, attention, share):
+    """The padding-free path (rows packed into one, position ids restarting after the prefix; the GPU path under
+    flash attention) gives the plain path's logits under sdpa and eager too."""
+    packed = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, trust_remote_code=True, attn_implementation=attention, pack_rows=True,
+        cpu_forward_overhead_flops=0).eval()
+    pairs = [(q, d) for q in QUERIES for d in DOCS]
+    batch = encode(tokenizer, pairs, "left", instruction="Prefer official documentation.")
+    with torch.inference_mode():
+        fast = packed(**batch, share_prefix=share).logits
+    assert (fast - plain_logits(packed, batch)).abs().max().item() <= 1e-5
+
+
+def test_packed_continuation_lays_out_prefix_before_every_row():
+    """For a varlen kernel each packed row's keys are the prefix followed by its own keys."""
+    cache = SharedPrefixCache()
+    prefix_k, prefix_v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    cache.update(prefix_k, prefix_v, 0)
+    new_k, new_v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    keys, values = cache.continued_by([2, 3]).update(new_k, new_v, 0)
+    assert torch.equal(keys, torch.cat([prefix_k, new_k[:, :, :2], prefix_k, new_k[:, :, 2:]], dim=-2))
+    assert torch.equal(values, torch.cat([prefix_v, new_v[:, :, :2], prefix_v, new_v[:, :, 2:]], dim=-2))
+    assert len(cache.prefix) == 1 and cache.packed_lengths is None  # the shared cache itself is unchanged
