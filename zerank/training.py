@@ -9,7 +9,7 @@ the end (as ``zerank calibrate``), so a score keeps its meaning after fine-tunin
 
 Command:
     zerank finetune --model build/zerank-1 --data ../shared/data/ir/scifact --output-dir runs/ft \\
-        [--max-steps 1000] [--loss bce|lambda|listnet|ranknet] [--lora [--merge]]
+        [--max-steps 1000] [--loss bce|lambda|listnet|ranknet|elo-mse --elo elo.jsonl] [--lora [--merge]]
     # one or many GPUs: the usual launchers, nothing custom
     accelerate launch -m zerank.cli finetune --model ... --data ... --output-dir ...
     torchrun --nproc-per-node 8 -m zerank.cli finetune --model ... --data ... --output-dir ...
@@ -32,7 +32,9 @@ Data:
         --eval-data (same format) or --holdout-fraction of the queries.
 
 Losses: bce (pointwise binary cross-entropy on the logit), lambda (LambdaLoss, listwise, NDCG-weighted),
-listnet (ListNet, listwise) and ranknet (pairwise logistic loss on score differences: Bradley-Terry, as zELO).
+listnet (ListNet, listwise), ranknet (pairwise logistic loss on score differences: Bradley-Terry, as zELO) and
+elo-mse (zELO's pointwise step: the 0..1 score regresses sigmoid(Elo) of ``zerank elo``'s scores, MSE; every
+document of --elo's training queries is an example, no labels or negatives needed; see :mod:`zerank.zelo_tasks`).
 
 Outputs in --output-dir (files written atomically): final/ (a complete zerank package with a model card that lists
 the training details; with --lora and no --merge, the adapter), adapter/ (with --lora), checkpoints/, report.json
@@ -94,6 +96,7 @@ from zerank.package import (
 from zerank.retrieval import FirstStage
 from zerank.scoring import score_pairs
 from zerank.system import atomic_write_bytes, atomic_write_json, atomic_write_text, library_versions
+from zerank.zelo import elo_target, read_elo
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +157,10 @@ class HeldOut:
         return samples
 
 
-def beir_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[list[Group], HeldOut]:
-    """Training groups (judged positives + hard negatives mined from the first stage) and the held-out part."""
-    rng = random.Random(seed)
+def beir_split(args: FinetuneArguments, first_stage: FirstStage,
+               seed: int) -> tuple[BeirDataset, list[str], HeldOut]:
+    """The training split with its training query ids, and the held-out part: --eval-split's judged queries (those
+    not trained on) if it exists, else a seeded --holdout-fraction of the training split's judged queries."""
     train = load_beir(args.data, args.train_split)
     train_ids = select_queries(train, args.max_train_queries)
     eval_split_exists = (args.data / "qrels" / f"{args.eval_split}.tsv").exists() and \
@@ -175,7 +179,16 @@ def beir_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tu
         held, held_ids = train, [q for q, m in zip(train_ids, mask) if m]
         train_ids = [q for q, m in zip(train_ids, mask) if not m]
     held_ids = held_ids[: args.eval_max_queries] if args.eval_max_queries else held_ids
+    held_part = held.subset(held_ids)
+    if not eval_split_exists:
+        held_part = dataclasses.replace(held_part, split="held out")
+    return train, train_ids, HeldOut(held_part, first_stage.retrieve(held, held_ids, args.eval_top_k))
 
+
+def beir_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[list[Group], HeldOut]:
+    """Training groups (judged positives + hard negatives mined from the first stage) and the held-out part."""
+    rng = random.Random(seed)
+    train, train_ids, heldout = beir_split(args, first_stage, seed)
     logger.info("Mining %d hard negatives per query from the top %d of %s", args.negatives_per_query,
                 args.mine_top_k, first_stage.describe())
     pool = first_stage.retrieve(train, train_ids, args.mine_top_k)
@@ -190,11 +203,32 @@ def beir_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tu
         docs = positives + negatives
         groups.append(Group(train.queries[qid], [train.document(d) for d in docs],
                             [float(judged.get(d, 0)) for d in docs]))
+    return groups, heldout
 
-    held_part = held.subset(held_ids)
-    if not eval_split_exists:
-        held_part = dataclasses.replace(held_part, split="held out")
-    return groups, HeldOut(held_part, first_stage.retrieve(held, held_ids, args.eval_top_k))
+
+def elo_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[list[Group], HeldOut]:
+    """Training groups of --loss elo-mse: every document of --elo's queries (but the held-out ones) with its target
+    :func:`zerank.zelo.elo_target` as grade, and the held-out part (as for the other losses)."""
+    train, _, heldout = beir_split(args, first_stage, seed)
+    scores = read_elo(args.elo)
+    held_ids = set(heldout.qrels)
+    unknown = sorted(q for q in scores if q not in train.queries)
+    missing_docs = sum(1 for docs in scores.values() for d in docs if d not in train.corpus)
+    if unknown or missing_docs:
+        logger.warning("%s: %d queries not in %s/queries.jsonl and %d documents not in its corpus are skipped",
+                       args.elo, len(unknown), args.data, missing_docs)
+    skipped = sorted(q for q in scores if q in held_ids)
+    if skipped:
+        logger.info("%d queries of %s are held out: not trained on", len(skipped), args.elo)
+    query_ids = [q for q in scores if q in train.queries and q not in held_ids]
+    query_ids = query_ids[: args.max_train_queries] if args.max_train_queries else query_ids
+    groups = []
+    for qid in query_ids:
+        docs = [d for d in scores[qid] if d in train.corpus]
+        if docs:
+            targets = elo_target([scores[qid][d] for d in docs]).tolist()
+            groups.append(Group(train.queries[qid], [train.document(d) for d in docs], targets))
+    return groups, heldout
 
 
 def jsonl_graded_pairs(path: Path, relevance_level: int) -> list[tuple[str, str, float]]:
@@ -248,12 +282,14 @@ def jsonl_data(args: FinetuneArguments, seed: int) -> tuple[list[Group], HeldOut
 
 
 def training_dataset(groups: Sequence[Group], loss: str, relevance_level: int) -> Dataset:
-    """A datasets.Dataset in the layout the loss reads: pairs with 0/1 labels for bce, lists for the others."""
-    if loss == "bce":
+    """A datasets.Dataset in the layout the loss reads: pairs with 0/1 labels for bce, pairs with their Elo targets
+    (the groups' grades) for elo-mse, lists for the others."""
+    if loss in ("bce", "elo-mse"):  # elo-mse: the grades are the Elo targets
         return Dataset.from_dict({
             "query": [g.query for g in groups for _ in g.documents],
             "document": [d for g in groups for d in g.documents],
-            "label": [float(grade >= relevance_level) for g in groups for grade in g.grades],
+            "label": [float(grade) if loss == "elo-mse" else float(grade >= relevance_level)
+                      for g in groups for grade in g.grades],
         })
     return Dataset.from_dict({"query": [g.query for g in groups], "docs": [g.documents for g in groups],
                               "labels": [g.grades for g in groups]})
@@ -263,6 +299,8 @@ def make_loss(name: str, model: CrossEncoder, mini_batch_size: int | None) -> to
     """The sentence-transformers loss called ``name`` (see the module docstring)."""
     if name == "bce":
         return losses.BinaryCrossEntropyLoss(model)
+    if name == "elo-mse":  # the 0..1 score, sigmoid(calibrated logit), regresses the target sigmoid(Elo)
+        return losses.MSELoss(model, activation_fn=torch.nn.Sigmoid())
     cls = {"lambda": losses.LambdaLoss, "listnet": losses.ListNetLoss, "ranknet": losses.RankNetLoss}[name]
     return cls(model, mini_batch_size=mini_batch_size)
 
@@ -414,10 +452,11 @@ def training_markdown(args: FinetuneArguments, trainer_args: CrossEncoderTrainin
     t = report["training"]
     before, after = report["before"], report["after"]
     rows = "\n".join(f"| {name} | {before[name]:.4f} | {after[name]:.4f} |" for name in before)
+    examples = report["data"].get("targets") or f"{args.negatives_per_query} hard negatives per query"
     return (
         f"Fine-tuned from `{start}` with `zerank finetune` (sentence-transformers CrossEncoderTrainer): "
         f"{report['data']['train_queries']} training queries of {report['data']['source']} "
-        f"({report['data']['train_examples']} examples, {args.negatives_per_query} hard negatives per query), "
+        f"({report['data']['train_examples']} examples, {examples}), "
         f"loss `{args.loss}`, {lora}, {t['steps']} steps, learning rate {trainer_args.learning_rate}, batch size "
         f"{trainer_args.per_device_train_batch_size} x {trainer_args.gradient_accumulation_steps} accumulation, "
         f"seed {trainer_args.seed}, {t['runtime_s']:.0f}s.\n\n"
@@ -542,7 +581,12 @@ def load_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tu
     Raises ValueError when no training query or no held-out query is left.
     """
     is_beir = args.data.is_dir()
-    groups, heldout = beir_data(args, first_stage, seed) if is_beir else jsonl_data(args, seed)
+    if args.loss == "elo-mse":
+        groups, heldout = elo_data(args, first_stage, seed)
+        if not groups:
+            raise ValueError(f"No query of {args.elo} is a training query of {args.data} with its documents.")
+    else:
+        groups, heldout = beir_data(args, first_stage, seed) if is_beir else jsonl_data(args, seed)
     if not groups:
         raise ValueError(f"No training query of {args.data} has both a relevant document and a negative.")
     if not heldout.qrels:
@@ -554,7 +598,8 @@ def load_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tu
             "heldout": (args.eval_data or args.data).name, "heldout_split": heldout.split,
             "heldout_queries": len(heldout.qrels),
             "heldout_candidates": sum(len(c) for c in heldout.candidates.values()),
-            "first_stage": first_stage.describe() if is_beir else "file order"}
+            "first_stage": first_stage.describe() if is_beir else "file order",
+            **({"targets": f"sigmoid(Elo) of {args.elo}"} if args.elo else {})}
     return train_dataset, heldout, data
 
 
