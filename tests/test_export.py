@@ -130,3 +130,91 @@ def test_refuses_a_folder_that_is_not_zerank(tiny_base_dir, tmp_path):
         export(ExportArguments(model=str(tiny_base_dir), out=tmp_path / "x", verify=False))
     with pytest.raises(FileNotFoundError, match="neither a folder nor a hub id"):
         export(ExportArguments(model=str(tmp_path / "missing"), out=tmp_path / "y", verify=False))
+
+
+# ONNX and OpenVINO: the scoring graph, scored by zerank.load_reranker (zerank.runtimes).
+
+LONG_PAIR = ("What does the reranker read? " * 3, " ".join(f"Paragraph {i} of a long document." for i in range(60)))
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx-export") / "model"
+    return out, export(ExportArguments(model=str(tiny_model_dir), out=out, format="onnx"))
+
+
+def test_onnx_export_scores_like_zerank(onnx_export, tiny_cross_encoder):
+    import zerank
+    from zerank.runtimes import RuntimeReranker
+
+    out, report = onnx_export
+    assert report["max_abs_score_error"] <= 1e-4 and report["format"] == "onnx"
+    assert {"model.onnx", "zerank_runtime.json", "chat_template.jinja", "tokenizer.json", "README.md"} <= {
+        p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.suffix in (".safetensors", ".py")]  # no torch weights, no zerank code
+    model = zerank.load_reranker(str(out))
+    assert isinstance(model, RuntimeReranker)
+    pairs = [*PAIRS, LONG_PAIR]
+    np.testing.assert_allclose(model.predict(pairs, batch_size=2), tiny_cross_encoder.predict(pairs), atol=1e-4, rtol=0)
+    assert model.predict([]).shape == (0,)
+    ranked = model.rank(PAIRS[0][0], [d for _, d in PAIRS[:2]])
+    assert sorted(r["corpus_id"] for r in ranked) == [0, 1] and ranked[0]["score"] >= ranked[1]["score"]
+    with pytest.raises(TypeError, match="the document must be a string"):
+        model.predict([("query", None)])
+    with pytest.raises(ValueError, match="exported runtime folder"):
+        zerank.load_reranker(str(out), dtype="bfloat16")
+
+
+def test_runtime_prompt_ids_equal_crossencoder_ids(onnx_export, tiny_model_dir):
+    """Rendering, the query cap and truncation with the template suffix restored: token for token CrossEncoder's."""
+    from sentence_transformers import CrossEncoder
+
+    from zerank.runtimes import RuntimeReranker
+
+    out, _ = onnx_export
+    encoder = CrossEncoder(str(tiny_model_dir), trust_remote_code=True, device="cpu", max_length=48)
+    runtime = RuntimeReranker(out, max_length=48)
+    pairs = [*PAIRS, LONG_PAIR, ("q " * 40, "a short document")]
+    features = encoder.preprocess(pairs)
+    for i, pair in enumerate(pairs):
+        row = features["input_ids"][i][features["attention_mask"][i].bool()].tolist()
+        assert runtime.encoder.encode(*pair) == row, pair
+    assert len(runtime.encoder.encode(*LONG_PAIR)) == 48
+
+
+def test_openvino_export_scores_like_zerank(tiny_model_dir, tiny_cross_encoder, tmp_path):
+    import zerank
+
+    out = tmp_path / "openvino"
+    report = export(ExportArguments(model=str(tiny_model_dir), out=out, format="openvino"))
+    assert report["max_abs_score_error"] <= 1e-4 and (out / "openvino_model.xml").exists()
+    pairs = [*PAIRS, LONG_PAIR]
+    np.testing.assert_allclose(zerank.load_reranker(str(out)).predict(pairs), tiny_cross_encoder.predict(pairs),
+                               atol=1e-4, rtol=0)
+
+
+def test_failed_parity_check_leaves_the_previous_export(onnx_export, tiny_model_dir, tmp_path, monkeypatch):
+    import zerank.export as export_module
+
+    out = tmp_path / "onnx"
+    shutil.copytree(onnx_export[0], out)
+    before = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+    monkeypatch.setattr(export_module, "MAX_RUNTIME_SCORE_ERROR", -1.0)
+    with pytest.raises(RuntimeError, match="disagrees with zerank"):
+        export(ExportArguments(model=str(tiny_model_dir), out=out, format="onnx", overwrite=True))
+    assert sorted((p.name, p.stat().st_size) for p in out.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no staging folder left behind
+    with pytest.raises(ValueError, match="--quantize applies to --format onnx"):
+        export(ExportArguments(model=str(tiny_model_dir), out=tmp_path / "v", format="vllm", quantize="int8"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_export_stays_close(fmt, tiny_model_dir, tiny_cross_encoder, tmp_path):
+    import zerank
+
+    out = tmp_path / fmt
+    report = export(ExportArguments(model=str(tiny_model_dir), out=out, format=fmt, quantize="int8"))
+    assert report["quantize"] == "int8" and report["max_abs_score_error"] <= 0.05
+    scores = zerank.load_reranker(str(out)).predict(PAIRS)
+    assert np.abs(scores - tiny_cross_encoder.predict(PAIRS)).max() <= 0.05

@@ -1,4 +1,8 @@
-"""Export a zerank package for another runtime. Command: ``zerank export --model DIR --out OUT [--format vllm]``.
+"""Export a zerank package for another runtime.
+
+Command: ``zerank export --format vllm|onnx|openvino --model DIR --out OUT [--quantize int8]``. Every format is
+written into a hidden staging folder beside ``--out``, checked against zerank's own scores (a mismatch fails the
+export loudly) and only then renamed into place (``system.staged_output_dir``).
 
 ``vllm``: a plain ``Qwen3ForSequenceClassification`` checkpoint that vLLM and transformers load natively (no remote
 code). zerank's calibrated logit is ``(h . w_yes - score_bias) / score_temperature``. The export writes
@@ -19,8 +23,15 @@ Usage:
     zerank export --model build/calibrated --out build/calibrated-vllm --drop-bias
     vllm serve build/zerank-1-vllm --runner pooling --chat-template build/zerank-1-vllm/chat_template.jinja
 
-Another format is added as an ``export_<format>(args)`` function registered in ``EXPORTERS`` (and a value of
-``ExportArguments.format``).
+``onnx`` / ``openvino``: the scoring graph (the Qwen3 backbone and the calibrated "Yes" projection, output
+``logits`` = ``(yes_logit - score_bias) / score_temperature`` at each row's last real token, right-padded inputs),
+exported with ``torch.onnx.export`` and, for OpenVINO, converted with ``openvino.convert_model``; ``--quantize int8``
+quantizes the linear layers' weights (ONNX Runtime's ``quantize_dynamic``; NNCF's ``compress_weights`` for
+OpenVINO). The folder carries the tokenizer, zerank's template and ``zerank_runtime.json``; ``zerank.load_reranker``
+scores it (``zerank.runtimes``), and any ONNX Runtime / OpenVINO program can, with the prompt of its README.
+
+Another format is added as an ``export_<format>(src, raw, out, args)`` function registered in ``EXPORTERS`` (and a
+value of ``ExportArguments.format``).
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import gc
 import json
 import logging
 import shutil
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -52,8 +65,9 @@ from zerank.package import (
     stored_bytes,
     weight_map,
 )
+from zerank.runtimes import INPUT_NAMES, OUTPUT_NAME, RUNTIME_FILE, RuntimeReranker, RuntimeSpec
 from zerank.scoring import calibrated_logit
-from zerank.system import atomic_write_json, atomic_write_text, prepare_output_dir
+from zerank.system import atomic_write_json, atomic_write_text, staged_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +77,15 @@ SOURCE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.jinja", "*.txt", "
 # Keys of a zerank config.json that a plain Qwen3 config must not carry.
 DROPPED_KEYS = (*ZERANK_FIELDS, "auto_map", "architectures", "model_type", "transformers_version", "id2label",
                 "label2id", "num_labels", "pad_token_id")
-MAX_SCORE_ERROR = 1e-5  # fp32 parity of the export's scores with zerank's
+MAX_SCORE_ERROR = 1e-5  # fp32 parity of the vLLM export's scores with zerank's
+MAX_RUNTIME_SCORE_ERROR = 1e-4  # fp32 parity of an ONNX/OpenVINO export's scores with zerank's
+MAX_INT8_SCORE_ERROR = 0.05  # int8 exports: a weight-quantization error, not a wrong graph or prompt
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "openvino_model.xml"
+ONNX_OPSET = 18
+# Pairs of the parity check of runtime exports: the probe pairs, plus a document longer than the context of
+# the check (so truncation and the template suffix are exercised).
+RUNTIME_CHECK_MAX_LENGTH = 96
 REPORT_FILE = "export_report.json"
 
 
@@ -192,11 +214,8 @@ def verify_vllm(src: Path, out: Path, pairs: Sequence[tuple[str, str]] = PROBE_P
     return float((scores - expected).abs().max())
 
 
-def export_vllm(args: ExportArguments) -> dict:
-    """Export ``args.model`` as a plain Qwen3ForSequenceClassification in ``args.out``; returns the report (also
-    written to export_report.json)."""
-    src = resolve_model_dir(args.model, args.revision, SOURCE_FILE_PATTERNS)
-    raw = read_zerank_config(src)
+def export_vllm(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
+    """Export the zerank folder ``src`` as a plain Qwen3ForSequenceClassification in ``out``; returns the report."""
     temperature, bias = float(raw["score_temperature"]), float(raw.get("score_bias", 0.0))
     if bias != 0 and not args.drop_bias:
         raise ValueError(
@@ -204,9 +223,6 @@ def export_vllm(args: ExportArguments) -> dict:
             f"Pass --drop-bias to export it without the bias: the ranking is unchanged but every score becomes "
             f"sigmoid(calibrated logit + {dropped_bias_shift(temperature, bias):.6g})."
         )
-    out = args.out
-    prepare_output_dir(out, args.overwrite)
-
     tokenizer = write_tokenizer(src, out)
     config = make_qwen3_config(raw, tokenizer.pad_token_id)
     config.save_pretrained(out)
@@ -215,8 +231,6 @@ def export_vllm(args: ExportArguments) -> dict:
     files = export_weights(src, out, temperature)
     atomic_write_text(out / CARD_FILE, render_vllm_readme(args.model, temperature, bias, dropped=bias != 0))
     report = {
-        "source": args.model,
-        "out": str(out),
         "format": "vllm",
         "architecture": VLLM_ARCHITECTURE,
         "score_temperature": temperature,
@@ -231,18 +245,197 @@ def export_vllm(args: ExportArguments) -> dict:
         if not report["max_abs_score_error"] <= MAX_SCORE_ERROR:
             raise RuntimeError(f"The export disagrees with {args.model}: max |score error| "
                                f"{report['max_abs_score_error']:.3g} > {MAX_SCORE_ERROR} (fp32).")
-    atomic_write_json(out / REPORT_FILE, report)
     return report
 
 
-EXPORTERS: dict[str, Callable[[ExportArguments], dict]] = {"vllm": export_vllm}
+class ScoreGraph(torch.nn.Module):
+    """What the ONNX/OpenVINO graph computes: the backbone on right-padded rows, the last real token's hidden
+    state, the calibrated "Yes" logit (the model's own ``raw_logit`` and ``calibrate``). Plain attention: no prefix
+    sharing or repacking, which the runtimes could not trace."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0]), last]
+        return self.model.calibrate(self.model.raw_logit(pooled))
+
+
+def export_onnx_graph(src: Path, path: Path) -> None:
+    """Export ``src``'s scoring graph in fp32 to ``path`` (weights as external data beside it), batch and sequence
+    dimensions dynamic."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, trust_remote_code=True, dtype=torch.float32, attn_implementation="eager").eval()
+    graph = ScoreGraph(model).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    logger.info("Exporting the scoring graph of %s with torch.onnx (opset %d)", src, ONNX_OPSET)
+    with torch.inference_mode(), warnings.catch_warnings():
+        # torch.onnx notes that the two inputs share their dynamic axes: true, and not a problem.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints", category=UserWarning)
+        # torch's own pytree deprecation, raised inside torch.export (nothing of ours to change).
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        torch.onnx.export(
+            graph, (ids, mask), str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            opset_version=ONNX_OPSET, dynamo=True, external_data=True, verbose=False,
+        )
+    del model, graph
+    gc.collect()
+
+
+def quantize_onnx_int8(path: Path, out_path: Path) -> None:
+    """Dynamic int8 quantization of the graph's MatMul weights (activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     use_external_data_format=True)
+
+
+def runtime_check_pairs() -> list[tuple[str, str]]:
+    """The probe pairs and one document longer than ``RUNTIME_CHECK_MAX_LENGTH`` tokens (truncation)."""
+    long_document = " ".join(f"Paragraph {i}: the reranker reads the document until the context ends." for i in range(40))
+    return [*PROBE_PAIRS, ("What does the reranker read?", long_document)]
+
+
+def verify_runtime(src: Path, out: Path, quantized: bool) -> dict:
+    """Scores of the export (through ``RuntimeReranker``) against zerank's ``CrossEncoder.predict`` on the same pairs,
+    both at a short context so the long pair is truncated; raises when the difference exceeds the format's gate."""
+    pairs = runtime_check_pairs()
+    source = load_reranker(str(src), device="cpu", dtype="float32", max_length=RUNTIME_CHECK_MAX_LENGTH)
+    expected = source.predict(pairs)
+    del source
+    gc.collect()
+    scores = RuntimeReranker(out, max_length=RUNTIME_CHECK_MAX_LENGTH).predict(pairs)
+    error = float(abs(scores - expected).max())
+    gate = MAX_INT8_SCORE_ERROR if quantized else MAX_RUNTIME_SCORE_ERROR
+    logger.info("Parity with zerank's scores: max |score error| = %.3g (gate %g)", error, gate)
+    if not error <= gate:
+        raise RuntimeError(f"The export disagrees with zerank: max |score error| {error:.3g} > {gate} "
+                           f"({'int8' if quantized else 'fp32'}).")
+    return {"max_abs_score_error": error, "score_error_gate": gate}
+
+
+def render_runtime_readme(src_name: str, spec: RuntimeSpec, raw: dict) -> str:
+    """The export's README: what the graph computes and how to score with it without zerank."""
+    runtime = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}[spec.format]
+    run = ('session = onnxruntime.InferenceSession(f"{path}/model.onnx")\n'
+           'logits = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0][:, 0]'
+           if spec.format == "onnx" else
+           'compiled = openvino.Core().compile_model(f"{path}/openvino_model.xml", "CPU")\n'
+           'logits = compiled({"input_ids": ids, "attention_mask": mask})["logits"][:, 0]')
+    module = "onnxruntime" if spec.format == "onnx" else "openvino"
+    return f"""---
+library_name: {module}
+pipeline_tag: text-classification
+tags: [reranker, {spec.format}{", int8" if spec.quantize else ""}]
+---
+
+# {src_name} ({runtime} export{", int8 weights" if spec.quantize else ""})
+
+The scoring graph of the zerank reranker `{src_name}`, made by `zerank export --format {spec.format}`. Inputs
+`input_ids` and `attention_mask` (int64, batch x sequence, **right-padded**); output `logits` (batch x 1), the
+calibrated logit `(yes_logit - {raw.get("score_bias", 0.0)}) / {raw["score_temperature"]}` at each row's last real
+token. The relevance score is its sigmoid.
+
+The prompt: render the pair with `chat_template.jinja` (the query is the `query` message, the document the
+`document` message), tokenize without special tokens; keep it within {spec.max_length} tokens by cutting the
+document, never the end of the prompt. With zerank installed, `zerank.load_reranker(path).predict(pairs)` does all
+of this. Without it:
+
+```python
+import numpy as np, {module}
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(path)
+prompts = [tokenizer.apply_chat_template([{{"role": "query", "content": q}}, {{"role": "document", "content": d}}],
+                                         tokenize=False) for q, d in pairs]
+batch = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="right", return_tensors="np")
+ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+{run}
+scores = 1 / (1 + np.exp(-logits))
+```
+"""
+
+
+def write_runtime_folder(src: Path, raw: dict, out: Path, args: ExportArguments, graph: str) -> RuntimeSpec:
+    """The tokenizer, template, ``zerank_runtime.json`` and README of a runtime export."""
+    tokenizer = write_tokenizer(src, out)
+    spec = RuntimeSpec(format=args.format, graph=graph, max_length=int(tokenizer.model_max_length),
+                       max_query_tokens=int(raw.get("max_query_tokens", tokenizer.model_max_length // 2)),
+                       quantize=args.quantize, source=args.model,
+                       split_special_tokens_in_content=bool(raw.get("split_special_tokens_in_content", True)))
+    atomic_write_json(out / RUNTIME_FILE, spec.to_json())
+    atomic_write_text(out / CARD_FILE, render_runtime_readme(args.model, spec, raw))
+    return spec
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def export_onnx(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
+    """The scoring graph as ONNX (fp32, or int8 weights with ``--quantize int8``)."""
+    with tempfile.TemporaryDirectory(prefix="zerank-onnx-") as tmp:
+        fp32 = Path(tmp) / ONNX_FILE
+        export_onnx_graph(src, fp32)
+        if args.quantize == "int8":
+            logger.info("Quantizing the MatMul weights to int8 (onnxruntime quantize_dynamic)")
+            quantize_onnx_int8(fp32, out / ONNX_FILE)
+        else:
+            for file in Path(tmp).iterdir():
+                shutil.move(file, out / file.name)
+    write_runtime_folder(src, raw, out, args, ONNX_FILE)
+    report = {"format": "onnx", "quantize": args.quantize, "size_mb": round(folder_bytes(out) / 1e6, 1)}
+    if args.verify:
+        report |= verify_runtime(src, out, quantized=args.quantize is not None)
+    return report
+
+
+def export_openvino(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
+    """The scoring graph as OpenVINO IR (converted from the ONNX export; int8 weights through NNCF)."""
+    import openvino
+
+    with tempfile.TemporaryDirectory(prefix="zerank-openvino-") as tmp:
+        onnx_path = Path(tmp) / ONNX_FILE
+        export_onnx_graph(src, onnx_path)
+        model = openvino.convert_model(str(onnx_path))
+        if args.quantize == "int8":
+            import nncf
+
+            logger.info("Compressing the weights to int8 (NNCF compress_weights, INT8_ASYM)")
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        openvino.save_model(model, str(out / OPENVINO_FILE), compress_to_fp16=False)
+        del model
+    write_runtime_folder(src, raw, out, args, OPENVINO_FILE)
+    report = {"format": "openvino", "quantize": args.quantize, "size_mb": round(folder_bytes(out) / 1e6, 1)}
+    if args.verify:
+        report |= verify_runtime(src, out, quantized=args.quantize is not None)
+    return report
+
+EXPORTERS: dict[str, Callable[[Path, dict, Path, ExportArguments], dict]] = {
+    "vllm": export_vllm, "onnx": export_onnx, "openvino": export_openvino}
 
 
 def export(args: ExportArguments) -> dict:
-    """Export ``args.model`` in ``args.format``; returns the exporter's report."""
+    """Export ``args.model`` in ``args.format`` to ``args.out``; returns the exporter's report (also written to
+    export_report.json). The folder appears at ``args.out`` only after its parity check passed."""
     if args.format not in EXPORTERS:
         raise ValueError(f"--format must be one of {', '.join(EXPORTERS)}, got {args.format!r}.")
-    return EXPORTERS[args.format](args)
+    if args.quantize is not None and args.format == "vllm":
+        raise ValueError("--quantize applies to --format onnx|openvino; vLLM quantizes at load time "
+                         "(its own --quantization option).")
+    src = resolve_model_dir(args.model, args.revision, SOURCE_FILE_PATTERNS)
+    raw = read_zerank_config(src)
+    with staged_output_dir(args.out, args.overwrite) as out:
+        report = {"source": args.model, "out": str(args.out), **EXPORTERS[args.format](src, raw, out, args)}
+        atomic_write_json(out / REPORT_FILE, report)
+    return report
 
 
 def main(args: ExportArguments) -> dict:

@@ -9,6 +9,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from zerank.arguments import DTYPES, ModelArguments
+from zerank.runtimes import RuntimeReranker, is_runtime_folder
 from zerank.system import peak_rss_mb
 
 logger = logging.getLogger(__name__)
@@ -42,23 +43,31 @@ def load_reranker(
     dtype: str | torch.dtype = "auto",
     max_length: int | None = None,
     max_batch_tokens: int | None = None,
-) -> CrossEncoder:
-    """A ``CrossEncoder`` of a zerank folder or hub id (remote code) or of any other cross-encoder, in eval mode.
+) -> CrossEncoder | RuntimeReranker:
+    """The reranker of a zerank folder or hub id (a ``CrossEncoder`` with the remote code), of any other
+    cross-encoder, or of a folder exported by ``zerank export --format onnx|openvino`` (a ``RuntimeReranker``, CPU);
+    in eval mode. Every kind has ``predict(pairs)`` returning the 0..1 scores.
 
     ``max_batch_tokens`` is written to a zerank model's config (``config.max_batch_tokens``), so its forward batches
     stay under it; by default the config's value for the device kind applies.
     """
+    if max_batch_tokens is not None and max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}.")
+    if is_runtime_folder(model):
+        if device not in (None, "cpu") or dtype not in ("auto", "float32"):
+            raise ValueError(f"{model} is an exported runtime folder: it runs on the CPU with the weights it was "
+                             f"exported with (got device={device!r}, dtype={dtype!r}).")
+        logger.info("Loading the exported runtime folder %s", model)
+        budget = {} if max_batch_tokens is None else {"max_batch_tokens": max_batch_tokens}
+        return RuntimeReranker(model, max_length=max_length, **budget)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     logger.info("Loading %s on %s (%s)", model, device, str(torch_dtype).removeprefix("torch."))
     encoder = CrossEncoder(model, trust_remote_code=True, device=device, model_kwargs={"dtype": torch_dtype})
     if max_length is not None:
         encoder.max_seq_length = max_length
-    if max_batch_tokens is not None:
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}.")
-        if is_zerank(encoder):
-            encoder.model.config.max_batch_tokens = max_batch_tokens
+    if max_batch_tokens is not None and is_zerank(encoder):
+        encoder.model.config.max_batch_tokens = max_batch_tokens
     encoder.model.eval()
     return encoder
 
