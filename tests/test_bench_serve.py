@@ -1,15 +1,18 @@
-"""zerank.bench_serve (`zerank bench-serve`): the load test of the rerank server, on a `zerank serve` subprocess."""
+"""zerank.bench_serve (`zerank bench-serve`): the load test of the rerank server, on a `zerank serve` subprocess
+(which also shows that the real command obeys SIGTERM: the fixture's exit fails if it does not)."""
 
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import httpx
 import pytest
 
 from zerank import cli
 from zerank.arguments import BenchServeArguments
-from zerank.bench_serve import ensure_model, make_workload, run_level, started_server, summarize
+from zerank.bench_serve import check_local, ensure_model, make_workload, run_level, started_server, summarize
 
 KEY = "bench-key"
 
@@ -17,8 +20,12 @@ KEY = "bench-key"
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir):
     """`zerank serve` of the tiny model in a subprocess (as `zerank bench-serve` starts it), with a small batch."""
-    with started_server(tiny_model_dir, KEY, max_batch_tokens=512, timeout=300) as url:
+    with started_server(tiny_model_dir, KEY, max_batch_tokens=512, timeout=300,
+                        extra=["--drain-timeout", "5"]) as (url, process):
         yield url
+    # Exited by itself on SIGTERM, after draining (uvicorn re-raises the signal once it has shut down; a server that
+    # hangs is killed after 60 s and started_server raises).
+    assert process.returncode in (0, -signal.SIGTERM)
 
 
 def test_bench_serve_measures_every_request(server_url):
@@ -32,6 +39,33 @@ def test_bench_serve_measures_every_request(server_url):
     summary = summarize([0.01 * i for i in range(1, 101)], wall=4.0)
     assert summary["requests_per_s"] == 25.0
     assert summary["p50_ms"] == pytest.approx(505.0) and summary["p95_ms"] == pytest.approx(950.5)
+    assert summary["p99_ms"] == pytest.approx(990.1)
+
+
+def test_clients_that_give_up_are_counted_and_their_work_dropped(server_url):
+    """Every client of a 400-document request gives up early (each request takes the tiny model over a second, even
+    on a quiet machine): the server drops what it had not scored (a client that leaves before its body is read
+    costs nothing at all)."""
+    before = httpx.get(f"{server_url}/health").json()
+    bodies = make_workload(4, documents=400, document_words=(150, 200), query_words=4, seed=2)
+    level = run_level(server_url, KEY, bodies, concurrency=4, progress=False, give_up=[True] * 4,
+                      disconnect_after=0.2)
+    assert level["gave_up"] == 4 and level["requests"] == 0 and level["rejected"] == 0
+    deadline = time.monotonic() + 60
+    while True:  # until the worker has ended the round it was in (a cancelled request leaves the queue at once)
+        after = httpx.get(f"{server_url}/health").json()
+        delta = {key: after[key] - before[key] for key in ("requests_scored", "requests_cancelled", "pairs_scored",
+                                                           "pairs_cancelled")}
+        if delta["pairs_scored"] + delta["pairs_cancelled"] == 400 * delta["requests_cancelled"] or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert after["queued"] == 0 and delta["requests_scored"] == 0 and delta["requests_cancelled"] >= 1, delta
+    assert delta["pairs_scored"] + delta["pairs_cancelled"] == 400 * delta["requests_cancelled"], delta
+    assert delta["pairs_cancelled"] > 0, delta
+    with pytest.raises(ValueError, match="127.0.0.1"):
+        check_local("http://example.com:8000")
+    assert check_local("http://localhost:8000/") == "http://localhost:8000"
 
 
 def test_main_reports_one_level_of_a_running_server(server_url, tmp_path):
@@ -39,12 +73,14 @@ def test_main_reports_one_level_of_a_running_server(server_url, tmp_path):
     before = httpx.get(f"{server_url}/health").json()
     report = cli.main(["bench-serve", "--url", server_url + "/", "--api-key", KEY, "--concurrency", "2",
                        "--requests", "5", "--warmup", "1", "--documents", "2", "--document-words", "0", "10",
-                       "--output-dir", str(tmp_path)])
+                       "--disconnect-fraction", "0", "--output-dir", str(tmp_path)])
     assert set(report) == {"server", "workload", "machine", "levels"}
     assert report["workload"] == {"requests_per_level": 5, "documents_per_request": 2, "document_words": [0, 10],
-                                  "query_words": 8, "seed": 0}
+                                  "query_words": 8, "disconnect_fraction": 0.0, "disconnect_after_s": 0.1,
+                                  "seed": 0}
     [level] = report["levels"]
-    assert level["concurrency"] == 2 and level["requests"] == 5
+    assert level["concurrency"] == 2 and level["requests"] == 5 and level["sent"] == 5
+    assert level["rejected"] == level["gave_up"] == level["wasted_pairs"] == 0 and level["peak_rss_mb"] is None
     assert 1.0 <= level["requests_per_round"] <= 2.0
     assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["max_ms"] and level["requests_per_s"] > 0
     server = report["server"]
@@ -69,6 +105,7 @@ def test_default_run_builds_the_tiny_model_and_starts_a_server(tmp_path, monkeyp
     report = cli.main(["bench-serve", "--concurrency", "1", "2", "--requests", "3", "--warmup", "0",
                        "--documents", "2", "--max-batch-tokens", "256", "--output-dir", "out"])
     assert (tmp_path / "build" / "tiny" / "config.json").exists()
-    assert [level["requests"] for level in report["levels"]] == [3, 3]
-    assert report["server"]["requests_scored"] == 6
+    assert [level["sent"] for level in report["levels"]] == [3, 3]
+    assert all(level["peak_rss_mb"] > 0 for level in report["levels"])
+    assert report["server"]["requests_scored"] + report["server"]["requests_cancelled"] == 6
     assert (tmp_path / "out" / "bench_serve.json").exists()

@@ -1,8 +1,12 @@
-"""zerank.server (`zerank serve`): the ZeroEntropy-compatible rerank API, checked with the official zeroentropy SDK."""
+"""zerank.server (`zerank serve`): every rerank shape checked with its official client (zeroentropy, cohere,
+langchain-zerank) or plain HTTP (TEI), and the server's behaviour under load: cancellation, the bounded queue,
+draining on SIGTERM, read timeouts, invalid JSON values, metrics."""
 
 from __future__ import annotations
 
+import json
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -10,17 +14,20 @@ import threading
 import time
 from contextlib import contextmanager
 
+import cohere
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+import torch
 import zeroentropy
 from fastapi.testclient import TestClient
+from langchain_core.documents import Document
+from langchain_zerank import ZeroEntropyRerank
 
 from zerank import cli
 from zerank.arguments import ModelArguments, ServeArguments
 from zerank.loading import load_from_arguments
-from zerank.server import RERANK_PATH, RerankEngine, create_app
+from zerank.server import RERANK_PATH, RerankEngine, create_app, invalid_json_field, make_server
 
 KEY = "test-key"
 QUERY = "What is the capital of France?"
@@ -34,11 +41,12 @@ DOCUMENTS = [
 
 
 @contextmanager
-def running_server(app, timeout: float = 60.0):
-    """uvicorn serving ``app`` on 127.0.0.1 and a free port, in a background thread."""
+def running_server(app, args: ServeArguments, timeout: float = 60.0):
+    """``zerank serve``'s uvicorn server (``make_server``) of ``app`` on 127.0.0.1 and a free port, in a background
+    thread; yields (url, server, thread)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = make_server(app, args, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -47,7 +55,7 @@ def running_server(app, timeout: float = 60.0):
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
     finally:
         server.should_exit = True
         thread.join(30)
@@ -60,8 +68,9 @@ def sdk(base_url: str, api_key: str = KEY) -> zeroentropy.ZeroEntropy:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir, tiny_cross_encoder):
-    app = create_app(ServeArguments(api_key=KEY), ModelArguments(model=str(tiny_model_dir)), model=tiny_cross_encoder)
-    with running_server(app) as url:
+    args = ServeArguments(api_key=KEY)
+    app = create_app(args, ModelArguments(model=str(tiny_model_dir)), model=tiny_cross_encoder)
+    with running_server(app, args) as (url, _, _):
         yield url
 
 
@@ -163,8 +172,8 @@ def short_context_model(tiny_model_dir):
 
 
 def limited_client(model, **overrides) -> TestClient:
-    settings = {"api_key": KEY, "served_model_name": ["zerank-tiny"], "max_documents": 4,
-                "max_request_bytes": 2000, "max_document_tokens": 8}
+    settings = {"api_key": KEY, "served_model_name": ["zerank-tiny"], "zeroentropy_aliases": False,
+                "max_documents": 4, "max_request_bytes": 2000, "max_document_tokens": 8}
     app = create_app(ServeArguments(**(settings | overrides)), ModelArguments(model="tiny"), model=model)
     return TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
 
@@ -229,7 +238,9 @@ def test_openapi_schema_documents_the_api(short_context_model):
     operation = schema["paths"][RERANK_PATH]["post"]
     assert {"400", "401", "413", "422"} <= set(operation["responses"])
     components = schema["components"]["schemas"]
-    assert set(components["RerankRequest"]["required"]) == {"model", "query", "documents"}
+    assert set(components["ZeroEntropyRerankRequest"]["required"]) == {"model", "query", "documents"}
+    assert {"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/metrics", "/health"} <= set(schema["paths"])
+    assert "429" in schema["paths"]["/v2/rerank"]["post"]["responses"]
     assert set(components["RerankResponse"]["properties"]) == {
         "results", "actual_latency_mode", "e2e_latency", "inference_latency", "total_bytes", "total_tokens"}
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
@@ -244,16 +255,17 @@ def test_engine_merges_pending_requests_and_splits_results(tiny_cross_encoder):
 
     def submit_all():
         # Queued before the worker starts, so they are all pending when it looks.
-        return [engine.submit([(q, d) for d in docs], tokens=100) for q, docs in requests]
+        return [engine.submit([(q, d) for d in docs], [100 // len(docs)] * len(docs)).future for q, docs in requests]
 
     try:
         futures = submit_all()
         engine.start()
         for future, (q, docs) in zip(futures, requests):
-            scores, _ = future.result(timeout=60)
-            np.testing.assert_allclose(scores, tiny_cross_encoder.predict([(q, d) for d in docs]), atol=1e-5, rtol=0)
+            logits, _ = future.result(timeout=60)
+            expected = tiny_cross_encoder.predict([(q, d) for d in docs], activation_fn=torch.nn.Identity())
+            np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
         assert engine.scoring_rounds == 1 and engine.requests_scored == 3
-        # Under a budget of 250 tokens, the third request (100 tokens) waits for the next round.
+        # Under a budget of 250 tokens, the third request (~100 tokens) waits for the next round.
         engine.stop()
         engine.args.max_round_tokens = 250
         futures = submit_all()
@@ -326,3 +338,249 @@ def test_command_line_server_round_trip(tiny_model_dir, tiny_cross_encoder):
     finally:
         process.terminate()
         process.wait(30)
+
+
+# --- the Cohere/Jina, TEI and LangChain shapes (one scoring core: the same scores as CrossEncoder.predict) ---
+
+
+def test_cohere_sdk_v2_rerank(server_url, tiny_cross_encoder):
+    expected = tiny_cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
+    client = cohere.ClientV2(base_url=server_url, api_key=KEY)
+    response = client.rerank(model="zerank-1-small", query=QUERY, documents=DOCUMENTS, top_n=3)
+    assert [r.index for r in response.results] == list(np.argsort(-expected, kind="stable")[:3])
+    for result in response.results:
+        assert abs(result.relevance_score - float(expected[result.index])) <= 1e-5
+    assert response.id and response.meta.api_version.version == "2"
+    with pytest.raises(cohere.core.ApiError) as error:
+        client.rerank(model="rerank-v3.5", query=QUERY, documents=DOCUMENTS)
+    assert error.value.status_code == 404 and "zerank-1-small" in str(error.value.body)
+
+
+def test_v1_rerank_takes_text_objects_and_echoes_documents(server_url, tiny_cross_encoder):
+    """The Jina/vLLM shape: documents as {"text": ...} objects, documents echoed by default, usage counted."""
+    expected = tiny_cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
+    body = {"query": QUERY, "documents": [{"text": d} for d in DOCUMENTS[:2]] + DOCUMENTS[2:], "top_n": 4}
+    response = httpx.post(f"{server_url}/v1/rerank", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["model"] == httpx.get(f"{server_url}/health").json()["model"]
+    assert len(data["results"]) == 4 and data["usage"]["total_tokens"] > 0
+    for result in data["results"]:
+        assert result["document"]["text"] == DOCUMENTS[result["index"]]
+        assert abs(result["relevance_score"] - float(expected[result["index"]])) <= 1e-5
+    quiet = httpx.post(f"{server_url}/v1/rerank", json=body | {"return_documents": False},
+                       headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert "document" not in quiet["results"][0]
+    models = httpx.get(f"{server_url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    names = [m["id"] for m in models["data"]]
+    assert names[0] == data["model"] and {"zerank-1", "zerank-1-small", "zerank-2"} <= set(names)
+
+
+def test_tei_rerank(server_url, tiny_cross_encoder):
+    texts = DOCUMENTS[:4]
+    expected = tiny_cross_encoder.predict([(QUERY, d) for d in texts])
+    logits = tiny_cross_encoder.predict([(QUERY, d) for d in texts], activation_fn=torch.nn.Identity())
+    url = f"{server_url}/rerank"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    ranks = httpx.post(url, json={"query": QUERY, "texts": texts}, headers=headers).json()
+    assert [r["index"] for r in ranks] == list(np.argsort(-expected, kind="stable"))
+    assert all(abs(r["score"] - float(expected[r["index"]])) <= 1e-5 and "text" not in r for r in ranks)
+    raw = httpx.post(url, json={"query": QUERY, "texts": texts, "raw_scores": True, "return_text": True},
+                     headers=headers).json()
+    assert all(abs(r["score"] - float(logits[r["index"]])) <= 1e-4 and r["text"] == texts[r["index"]] for r in raw)
+
+
+def test_documents_are_capped_at_what_the_model_reads(short_context_model):
+    """By default a document keeps what fits the context after the query and the template (the same cut as the
+    model's own truncation); TEI's truncate=false refuses it instead, as TEI does; left truncation keeps the end."""
+    document = "The Seine flows through Paris. " * 30 + "The end."
+    expected = short_context_model.predict([("q", document)])
+    with limited_client(short_context_model, max_document_tokens=None, max_request_bytes=10_000) as client:
+        refused = client.post("/rerank", json={"query": "q", "texts": [document]})
+        assert refused.status_code == 400 and "Document 0" in refused.json()["detail"]
+        cut = client.post("/rerank", json={"query": "q", "texts": [document], "truncate": True}).json()
+        assert abs(cut[0]["score"] - expected[0]) <= 1e-5
+        tail = document[-200:]
+        left = client.post("/rerank", json={"query": "q", "texts": [document, tail], "truncate": True,
+                                            "truncation_direction": "left"}).json()
+        assert left[0]["score"] != pytest.approx(cut[0]["score"], abs=1e-6)
+        response = client.post("/v1/rerank", json={"query": "q", "documents": [document], "max_tokens_per_doc": 8})
+        head = short_context_model.tokenizer.decode(
+            short_context_model.tokenizer(document, add_special_tokens=False)["input_ids"][:8])
+        assert abs(response.json()["results"][0]["relevance_score"]
+                   - short_context_model.predict([("q", head)])[0]) <= 1e-5
+
+
+def test_langchain_zerank_through_zeroentropy_base_url(server_url, tiny_cross_encoder, monkeypatch):
+    """langchain-zerank's ZeroEntropyRerank asks for zerank-1-small: an alias of the served model."""
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", f"{server_url}/v1")
+    monkeypatch.setenv("ZEROENTROPY_API_KEY", KEY)
+    documents = [Document(page_content=d, metadata={"n": i}) for i, d in enumerate(DOCUMENTS)]
+    ranked = ZeroEntropyRerank(top_n=2).compress_documents(documents, QUERY)
+    expected = tiny_cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
+    assert [d.metadata["n"] for d in ranked] == list(np.argsort(-expected, kind="stable")[:2])
+    assert abs(ranked[0].metadata["relevance_score"] - float(expected[ranked[0].metadata["n"]])) <= 1e-5
+
+
+# --- bad input, health and metrics ---
+
+
+def test_nan_infinity_and_lone_surrogates_get_a_json_400_naming_the_field(server_url):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=server_url, headers=headers) as client:  # one connection: it must survive
+        cases = {
+            b'{"model": "zerank-1", "query": "q", "documents": ["a", "\\ud800"]}': "body.documents[1]",
+            b'{"model": "zerank-1", "query": "q", "documents": ["a"], "top_n": NaN}': "body.top_n",
+            b'{"query": "\\udfff x", "texts": ["a"]}': "body.query",
+            b'{"query": "q", "documents": [{"text": -Infinity}]}': "body.documents[0].text",
+        }
+        for (body, field), path in zip(cases.items(), [RERANK_PATH, RERANK_PATH, "/rerank", "/v2/rerank"]):
+            response = client.post(path, content=body)
+            assert response.status_code == 400, (body, response.text)
+            assert field in response.json()["detail"], response.json()
+        ok = client.post("/rerank", content=b'{"query": "\\ud83d\\ude00", "texts": ["\\u00e9t\\u00e9"]}')
+        assert ok.status_code == 200  # a surrogate pair is one character, not an error
+    assert invalid_json_field(b'{"a": [1, {"b": Infinity}]}').startswith("body.a[1].b: Infinity")
+    assert invalid_json_field(b'{"a": 1.5}') is None and invalid_json_field(b"not json") is None
+
+
+def test_health_hides_the_model_path_and_metrics_need_the_key(server_url, tiny_model_dir):
+    health = httpx.get(f"{server_url}/health")
+    assert health.status_code == 200 and str(tiny_model_dir) not in health.text
+    assert health.json()["model"] == tiny_model_dir.name
+    assert httpx.get(f"{server_url}/metrics").status_code == 401
+    httpx.post(f"{server_url}/v2/rerank", json={"model": "zerank-1", "query": "q", "documents": ["a", "b"]},
+               headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
+    text = httpx.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    for name in ("zerank_http_requests_total{", "zerank_http_request_duration_seconds_bucket{",
+                 "zerank_pairs_scored_total", "zerank_queue_pairs", "zerank_requests_cancelled_total",
+                 "zerank_request_documents_bucket"):
+        assert name in text, name
+    assert 'route="/v2/rerank",status="200"' in text
+
+
+def test_request_logs_are_json_without_secrets_or_text(short_context_model, caplog):
+    with limited_client(short_context_model) as client, caplog.at_level("INFO", logger="zerank.access"):
+        post(client, query="secret query words", documents=["secret document text"])
+    [record] = [r for r in caplog.records if r.name == "zerank.access"]
+    line = json.loads(record.getMessage())
+    assert line["route"] == RERANK_PATH and line["status"] == 200 and line["documents"] == 1 and line["pairs"] == 1
+    assert "secret" not in record.getMessage() and KEY not in record.getMessage()
+
+
+# --- under load: cancellation, the bounded queue, timeouts, draining (a slowed model makes scoring take time) ---
+
+
+SLOW_SECONDS = 0.1  # per predict call (one chunk of about one 64-token pair)
+
+
+@pytest.fixture
+def slow_model(short_context_model, monkeypatch):
+    predict = short_context_model.predict
+
+    def slow_predict(*args, **kwargs):
+        time.sleep(SLOW_SECONDS)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(short_context_model, "predict", slow_predict)
+    return short_context_model
+
+
+@contextmanager
+def slow_server(model, **overrides):
+    args = ServeArguments(**({"api_key": KEY, "max_documents": 40, "max_queued_pairs": 50, "header_timeout": 1,
+                              "body_timeout": 1, "request_timeout": 3, "drain_timeout": 1} | overrides))
+    app = create_app(args, ModelArguments(model="tiny", max_batch_tokens=64), model=model)
+    with running_server(app, args) as running:
+        yield running
+
+
+def rerank_in_thread(url: str, documents: int, timeout: float = 60) -> tuple[threading.Thread, dict]:
+    """POST a rerank of ``documents`` documents from a thread; the result dict gets status (or error)."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            response = httpx.post(f"{url}/v2/rerank", timeout=timeout, headers={"Authorization": f"Bearer {KEY}"},
+                                  json={"query": "q", "documents": [f"document {i} " * 6 for i in range(documents)]})
+            outcome.update(status=response.status_code, headers=response.headers, body=response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            outcome["error"] = type(exc).__name__
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for(url: str, condition, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(f"{url}/health").json()
+        if condition(health):
+            return health
+        assert time.monotonic() < deadline, health
+        time.sleep(0.02)
+
+
+def test_disconnects_and_timeouts_cancel_work_and_the_queue_is_bounded(slow_model):
+    with slow_server(slow_model) as (url, _, _):
+        # A client that gives up: its 40 pairs (about 4 s of scoring) stop within a chunk.
+        thread, outcome = rerank_in_thread(url, 40, timeout=0.5)
+        thread.join()
+        assert outcome == {"error": "ReadTimeout"}
+        # (A cancelled request leaves the queue at once; its pairs are counted when the worker ends its round.)
+        health = wait_for(url, lambda h: h["queued"] == 0 and h["pairs_scored"] + h["pairs_cancelled"] == 40)
+        assert health["requests_cancelled"] == 1 and health["pairs_cancelled"] >= 20
+        # The queue holds 50 pairs: with 40 queued, a request of 20 gets 429 and Retry-After; one of 10 fits.
+        thread, first = rerank_in_thread(url, 40)
+        wait_for(url, lambda h: h["queued_pairs"] == 40)
+        refused = httpx.post(f"{url}/v2/rerank", headers={"Authorization": f"Bearer {KEY}"},
+                             json={"query": "q", "documents": ["d"] * 20})
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "--max-queued-pairs" in refused.json()["detail"]
+        # The first request outlives --request-timeout (3 s): 503, its work cancelled.
+        thread.join()
+        assert first["status"] == 503 and "--request-timeout" in first["body"]["detail"]
+        health = wait_for(url, lambda h: h["queued"] == 0)
+        assert health["requests_cancelled"] == 2 and health["requests_rejected"] == 1
+        quick = httpx.post(f"{url}/v2/rerank", headers={"Authorization": f"Bearer {KEY}"},
+                           json={"query": "q", "documents": ["a", "b"]})
+        assert quick.status_code == 200 and len(quick.json()["results"]) == 2
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        assert 'zerank_rejected_requests_total{reason="queue_full"} 1.0' in metrics
+
+
+def test_slow_headers_and_bodies_are_cut_off(slow_model):
+    with slow_server(slow_model) as (url, _, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as headers_only, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as slow_body:
+            headers_only.sendall(b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+            slow_body.sendall(b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 100\r\n\r\n{\"query\": ")
+            start = time.monotonic()
+            assert headers_only.recv(1000) == b""  # closed by the server after --header-timeout (1 s)
+            reply = slow_body.recv(1000)
+            assert reply.startswith(b"HTTP/1.1 408") and b"--body-timeout" in reply
+            assert time.monotonic() - start < 8
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_for_a_bounded_time(slow_model):
+    with slow_server(slow_model, drain_timeout=3, request_timeout=30) as (url, server, thread):
+        first, first_outcome = rerank_in_thread(url, 5)  # about 0.5 s of scoring: finishes within the drain time
+        wait_for(url, lambda h: h["queued"] == 1)
+        second, second_outcome = rerank_in_thread(url, 40)  # over 4 s more: cut off when the drain time is over
+        wait_for(url, lambda h: h["queued"] == 2)
+        start = time.monotonic()
+        server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+        thread.join(15)
+        assert not thread.is_alive() and time.monotonic() - start < 8
+        first.join(10)
+        second.join(10)
+    assert first_outcome["status"] == 200 and len(first_outcome["body"]["results"]) == 5
+    assert second_outcome["status"] == 503 and "shut down" in second_outcome["body"]["detail"]
+    engine = server.engine
+    assert engine.requests_cancelled == 1 and 0 < engine.pairs_cancelled < 40
+    with pytest.raises(ValueError, match="shutting down"):
+        engine.submit([("q", "d")], [5])
