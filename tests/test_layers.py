@@ -12,10 +12,10 @@ PACKAGE = Path(zerank.__file__).parent
 ROOT = PACKAGE.parent
 LAYERS = [
     {"arguments", "resources", "system"},
-    {"data", "metrics"},
-    {"loading", "scoring", "retrieval", "package"},
+    {"data", "metrics", "zelo", "store"},
+    {"loading", "scoring", "retrieval", "package", "runtimes"},
     {"convert", "export", "evaluation", "calibration", "training", "publish", "server", "benchmark", "bench_serve",
-     "demo"},
+     "demo", "zelo_tasks", "rerank", "search_api"},
     {"cli"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
@@ -49,7 +49,7 @@ def test_no_import_points_up(module):
 @pytest.mark.parametrize("remote", ["modeling_zerank.py", "zerank_st.py"])
 def test_remote_code_imports_only_its_runtime(remote):
     roots = {name.split(".")[0] for name in imported_modules(ROOT / remote)}
-    allowed = {"__future__", "copy", "inspect", "logging", "collections", "typing", "torch", "transformers",
+    allowed = {"__future__", "copy", "inspect", "logging", "re", "collections", "typing", "torch", "transformers",
                "huggingface_hub", "sentence_transformers"}
     assert roots <= allowed, sorted(roots - allowed)
     if remote == "modeling_zerank.py":

