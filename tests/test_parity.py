@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from conftest import PARITY_PAIRS
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 PAIRS = PARITY_PAIRS
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
+
 from zerank_st import encode_pairs
 
 logger = logging.getLogger(__name__)
