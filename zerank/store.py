@@ -407,8 +407,7 @@ class SQLiteStore:
             raise StoreError(f"{self.path} is not an SQLite database ({exc}); choose another --store.") from None
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _in_transaction(conn, write=True):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
                     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
@@ -421,10 +420,6 @@ class SQLiteStore:
                 elif version != SCHEMA_VERSION:
                     raise StoreError(f"{self.path} is a zerank store of schema version {version}; this version of "
                                      f"zerank reads version {SCHEMA_VERSION}.")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         finally:
             conn.close()
 
@@ -432,14 +427,8 @@ class SQLiteStore:
     def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         conn = self._connect()
         try:
-            # IMMEDIATE takes the write lock at the start, so two writers wait for each other instead of failing.
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
+            with _in_transaction(conn, write):
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         finally:
             conn.close()
 
@@ -643,3 +632,17 @@ class SQLiteStore:
         return [Hit(path=path, metadata=json.loads(metadata), page_index=page_index, start=start, end=end, text=text,
                     score=float(score))
                 for path, metadata, page_index, start, end, text, score in rows]
+
+
+@contextmanager
+def _in_transaction(conn: sqlite3.Connection, write: bool) -> Iterator[None]:
+    """One transaction on ``conn``: committed when the block ends, rolled back on any error (or interruption).
+    A write transaction takes the write lock at the start (IMMEDIATE), so two writers wait for each other instead
+    of failing."""
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
