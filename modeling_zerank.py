@@ -52,7 +52,7 @@ class ZerankConfig(Qwen3Config):
         max_batch_tokens (`int`, *optional*):
             At inference, the padding of the incoming batch is dropped and rows are regrouped by length into batches
             of at most this many tokens (rows x longest row). When unset, the device kind's default below applies.
-        cpu_max_batch_tokens (`int`, *optional*, defaults to 2048):
+        cpu_max_batch_tokens (`int`, *optional*, defaults to 512):
             ``max_batch_tokens`` on CPU when it is unset.
         accelerator_max_batch_tokens (`int`, *optional*, defaults to 32768):
             ``max_batch_tokens`` on an accelerator (CUDA, MPS, ...) when it is unset.
@@ -93,7 +93,7 @@ class ZerankConfig(Qwen3Config):
     share_query_prefix: bool = True
     min_shared_prefix_tokens: int = 8
     max_batch_tokens: int | None = None
-    cpu_max_batch_tokens: int = 2048
+    cpu_max_batch_tokens: int = 512
     accelerator_max_batch_tokens: int = 32768
     max_prefix_mask_elements: int = 4194304
     pack_rows: bool | None = None

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from modeling_zerank import ZerankConfig
 from zerank import cli
 from zerank.arguments import BenchArguments
 from zerank.benchmark import long_rows_child, measure_memory
@@ -16,7 +17,8 @@ def bench(tmp_path_factory, tokenizer_dir, tiny_model_dir):
     result = cli.main(["bench", "--config", "tiny", "--docs", "4", "--repeats", "1", "--st-batch-sizes", "2", "4",
                        "--cache-dir", str(tmp_path / "models"), "--tokenizer", str(tokenizer_dir),
                        "--output-dir", str(out), "--query", "long", "--no-memory",
-                       "--runtime-dirs", str(tiny_model_dir), "--crossover-docs", "2", "4"])
+                       "--runtime-dirs", str(tiny_model_dir), "--crossover-docs", "2", "4",
+                       "--batch-token-sweep", "64", "4096"])
     return tmp_path, out, result
 
 
@@ -37,6 +39,9 @@ def test_benchmark_reports_all_paths_and_agreement(bench, tiny_model_dir):
     assert result["max_score_diff"] <= 1e-4
     assert result["st_native_batch_size"] in (2, 4) and result["tokens_executed"] < result["tokens"]
     assert result["ratio_vs_st"] > 0 and result["roofline_fraction"] > 0
+    sweep = result["batch_token_sweep"]
+    assert sweep["default"] == ZerankConfig().cpu_max_batch_tokens and list(sweep["by_budget"]) == [64, 4096]
+    assert all(len(b["pairs_per_s_runs"]) == 1 and b["ratio_vs_st"] > 0 for b in sweep["by_budget"].values())
 
 
 def test_memory_is_measured_in_a_child_process(bench, tokenizer_dir):

@@ -138,7 +138,7 @@ def test_token_budget_batches_cover_every_index_within_budget():
 
 def test_batch_budget_defaults_per_device_kind_and_override():
     config = ZerankConfig()
-    assert config.batch_token_budget("cpu") == config.cpu_max_batch_tokens == 2048
+    assert config.batch_token_budget("cpu") == config.cpu_max_batch_tokens == 512
     assert config.batch_token_budget("cuda") == config.accelerator_max_batch_tokens == 32768
     config.max_batch_tokens = 100
     assert config.batch_token_budget("cpu") == config.batch_token_budget("cuda") == 100

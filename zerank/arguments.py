@@ -89,8 +89,8 @@ class ModelArguments:
     max_batch_tokens: int | None = field(
         default=None,
         metadata={"help": "Token budget of one forward batch (rows x longest row): the main knob for speed and memory. "
-                          "Default: the model config's value for the device kind (zerank: 2048 on CPU, 32768 on "
-                          "accelerators)."},
+                          "Default: the model config's value for the device kind (zerank: cpu_max_batch_tokens or "
+                          "accelerator_max_batch_tokens)."},
     )
 
     def __post_init__(self):
@@ -485,6 +485,9 @@ class BenchArguments:
     crossover_docs: list[int] = field(default_factory=list, metadata={
         "help": "Also time the fast path's plan (forced) against the padded batch for 1 query x each of these "
                 "document counts, and measure the fixed cost of one forward (the config's *_forward_overhead_flops)."})
+    batch_token_sweep: list[int] = field(default_factory=list, metadata={
+        "help": "Also time the zerank path with each of these max_batch_tokens (e.g. 256 512 1024 2048), "
+                "interleaved with the other paths: the sweep behind the config's per-device default."})
     runtime_dirs: list[str] = field(default_factory=list, metadata={
         "help": "Also time these model folders (exported ONNX/OpenVINO packages or torch packages) through "
                 "zerank.loading.load_reranker(DIR).predict(pairs) on the same workload."})
@@ -493,6 +496,8 @@ class BenchArguments:
         _positive(self, "docs", "repeats")
         if any(n < 2 for n in self.long_rows):
             raise ValueError(f"--long-rows lengths must be at least 2 tokens, got {self.long_rows}.")
+        if any(n < 1 for n in self.batch_token_sweep):
+            raise ValueError(f"--batch-token-sweep budgets must be at least 1 token, got {self.batch_token_sweep}.")
         if any(n < 1 for n in self.crossover_docs):
             raise ValueError(f"--crossover-docs must be at least 1, got {self.crossover_docs}.")
 

@@ -8,7 +8,8 @@ from it, generates a rerank workload with the real tokenizer (1 query x N docume
 ~16-token query or a long ~300-token query + instruction), checks that every path gives the same scores, then times
 in one process, interleaved, ``--repeats`` times:
 
-- ``zerank``: ``CrossEncoder(zerank folder).predict(pairs)`` with default arguments, as users call it;
+- ``zerank``: ``CrossEncoder(zerank folder, model_kwargs={"dtype": ...}).predict(pairs)`` with default arguments,
+  as users call it (loaded by ``zerank.loading.load_reranker``: fp32 on CPU, bf16 on CUDA, unless ``--dtype``);
 - ``zerank_no_prefix``: the same with ``share_query_prefix`` off;
 - ``st_native``: sentence-transformers' own causal-LM reranker (Transformer "text-generation" + LogitScore on the
   "Yes" token) on the causal-LM folder, at its best batch size (swept first);
@@ -24,6 +25,9 @@ BATCH_SIZE``):
 the whole process (loading included) and inference alone. ``roofline_fraction`` is the useful FLOP/s of ``zerank``
 (the FLOPs of every pair's real tokens run alone: no padding, prefix counted per pair) over the matmul's FLOP/s;
 ``executed_fraction`` counts only the FLOPs zerank actually runs (prefix once).
+
+``--batch-token-sweep 256 512 ...`` adds ``batch_token_sweep``: the ``zerank`` path timed with each
+``max_batch_tokens``, interleaved with the other paths (the measurements behind ``cpu_max_batch_tokens``).
 
 ``--crossover-docs 4 32 ...`` adds ``crossover``: the fast path's plan (forced) against the padded batch for 1 query x
 each document count, whether the config's cost rule (``ZerankConfig.forward_cost``) picks the faster, and the fixed
@@ -391,14 +395,24 @@ def benchmark(args: BenchArguments) -> dict:
 
         return len(pairs) / timed(run)
 
+    def pairs_per_s_with_budget(budget: int) -> float:
+        default, config.max_batch_tokens = config.max_batch_tokens, budget
+        try:
+            return pairs_per_s("zerank")
+        finally:
+            config.max_batch_tokens = default
+
     sweep = {bs: pairs_per_s("st_native", bs) for bs in args.st_batch_sizes}
     best_bs = max(sweep, key=sweep.get)
     logger.info("sentence-transformers sweep (pairs/s by batch size): %s -> best %d", sweep, best_bs)
 
     timings: dict[str, list[float]] = {path: [] for path in (*paths, "matmul")}
+    budget_timings: dict[int, list[float]] = {budget: [] for budget in args.batch_token_sweep}
     for rep in range(args.repeats):
         for path in paths:
             timings[path].append(pairs_per_s(path, best_bs))
+        for budget in args.batch_token_sweep:
+            budget_timings[budget].append(pairs_per_s_with_budget(budget))
         timings["matmul"].append(matmul_flops_per_s(config, args.device, dtype))
         logger.info("repeat %d/%d: %s", rep + 1, args.repeats,
                     {k: round(v[-1], 3) for k, v in timings.items() if k != "matmul"})
@@ -421,6 +435,13 @@ def benchmark(args: BenchArguments) -> dict:
         "executed_fraction": forward_flops(config, executed) / seconds_per_call / matmul,
         "max_score_diff": max_diff,
     }
+    if budget_timings:
+        result["batch_token_sweep"] = {
+            "default": config.batch_token_budget(ours.model.device.type),
+            "by_budget": {budget: {"pairs_per_s": summary(runs), "pairs_per_s_runs": runs,
+                                   "ratio_vs_st": statistics.median(runs) / st_median}
+                          for budget, runs in budget_timings.items()},
+        }
     if LOW_PRECISION_PATH in paths:
         result["paths"][LOW_PRECISION_PATH]["max_logit_diff_vs_fp32"] = float(
             np.abs(scores[LOW_PRECISION_PATH] - scores["zerank"]).max())
