@@ -11,12 +11,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+
+from zerank.bench_serve import wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +88,8 @@ def server(model_dir, tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {process.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vLLM did not start in 15 minutes; see {log.name}")
-            time.sleep(2)
+        wait_for_health(url, process, timeout=900, poll_s=2, log=log.name)
         yield url, str(exported)
     finally:
         process.terminate()

@@ -198,6 +198,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float, poll_s: float = 0.5,
+                    log: str | None = None) -> None:
+    """Poll ``url``/health until it answers 200. RuntimeError if ``process`` exits first, TimeoutError after
+    ``timeout`` seconds; both name ``log`` (the server's output) when given."""
+    see = f"; see {log}" if log else ""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"The server exited with code {process.returncode} before answering /health{see}.")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"The server did not answer {url}/health within {timeout:.0f}s{see}.")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+
+
 @contextmanager
 def started_server(model: Path, api_key: str, max_batch_tokens: int | None = None, timeout: float = 300,
                    extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
@@ -212,18 +231,7 @@ def started_server(model: Path, api_key: str, max_batch_tokens: int | None = Non
     process = subprocess.Popen(command, env={**os.environ, "ZERANK_API_KEY": api_key})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"The server exited with code {process.returncode} before answering /health.")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"The server did not answer {url}/health within {timeout:.0f}s.")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_for_health(url, process, timeout)
         yield url, process
     finally:
         process.terminate()
