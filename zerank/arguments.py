@@ -48,6 +48,11 @@ def _positive(obj, *names: str, allow_zero: bool = False) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be {bound}, got {value}.")
 
 
+def _existing_file(name: str, path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"--{name.replace('_', '-')} {path} does not exist.")
+
+
 def _fraction(name: str, value: float) -> None:
     if not 0 < value < 1:
         raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}.")
@@ -584,8 +589,7 @@ class JudgeArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty --out folder."})
 
     def __post_init__(self):
-        if not self.pairs.is_file():
-            raise ValueError(f"--pairs {self.pairs} does not exist.")
+        _existing_file("pairs", self.pairs)
 
 
 @dataclass
@@ -606,8 +610,7 @@ class EloArguments:
     def __post_init__(self):
         if not self.prior_sd > 0:
             raise ValueError(f"--prior-sd must be positive, got {self.prior_sd}.")
-        if not self.judgments.is_file():
-            raise ValueError(f"--judgments {self.judgments} does not exist.")
+        _existing_file("judgments", self.judgments)
 
 
 @dataclass

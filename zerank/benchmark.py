@@ -51,7 +51,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -162,11 +163,21 @@ def run_path(path: str, models: dict[str, CrossEncoder], pairs: Pairs, instructi
         return models[path].predict(pairs, batch_size=st_batch_size, **kwargs)
     model = models["zerank" if path == "zerank_no_prefix" else path]
     config = model.model.config
-    config.share_query_prefix = path != "zerank_no_prefix"
-    try:
+    with config_values(config, share_query_prefix=path != "zerank_no_prefix"):
         return raw_logit(model.predict(pairs, **kwargs), config.score_temperature, config.score_bias)
+
+
+@contextmanager
+def config_values(config, **values) -> Iterator[None]:
+    """Set attributes of a model config for the duration of a block, then restore their previous values."""
+    previous = {name: getattr(config, name) for name in values}
+    for name, value in values.items():
+        setattr(config, name, value)
+    try:
+        yield
     finally:
-        config.share_query_prefix = True
+        for name, value in previous.items():
+            setattr(config, name, value)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -396,11 +407,8 @@ def benchmark(args: BenchArguments) -> dict:
         return len(pairs) / timed(run)
 
     def pairs_per_s_with_budget(budget: int) -> float:
-        default, config.max_batch_tokens = config.max_batch_tokens, budget
-        try:
+        with config_values(config, max_batch_tokens=budget):
             return pairs_per_s("zerank")
-        finally:
-            config.max_batch_tokens = default
 
     sweep = {bs: pairs_per_s("st_native", bs) for bs in args.st_batch_sizes}
     best_bs = max(sweep, key=sweep.get)
