@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,10 +14,11 @@ import pytest
 import zeroentropy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from uvicorn_thread import running_server
 
 from zerank.arguments import ModelArguments, ServeArguments
 from zerank.search_api import make_search_router
-from zerank.server import create_app, make_server
+from zerank.server import create_app
 from zerank.store import LONG_SNIPPET_CHARS, SHORT_SNIPPET_CHARS, SQLiteStore
 
 KEY = "search-key"
@@ -41,32 +38,12 @@ DOCUMENTS = {
 }
 
 
-@contextmanager
-def serving(app: FastAPI, args: ServeArguments):
-    """``zerank serve``'s uvicorn server (``make_server``) on 127.0.0.1 and a free port, in a thread; yields its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = make_server(app, args, log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tiny_cross_encoder, tmp_path_factory):
     """(url, ServeArguments) of a server with the tiny model and a fresh store."""
     args = ServeArguments(api_key=KEY, store=tmp_path_factory.mktemp("store") / "search.sqlite3")
     app = create_app(args, ModelArguments(model=str(tiny_model_dir)), model=tiny_cross_encoder)
-    with serving(app, args) as url:
+    with running_server(app, args) as (url, _, _):
         yield url, args
 
 

@@ -23,11 +23,13 @@ import zeroentropy
 from fastapi.testclient import TestClient
 from langchain_core.documents import Document
 from langchain_zerank import ZeroEntropyRerank
+from uvicorn_thread import running_server
 
 from zerank import cli
 from zerank.arguments import ModelArguments, ServeArguments
+from zerank.bench_serve import free_port, wait_for_health
 from zerank.loading import load_from_arguments
-from zerank.server import RERANK_PATH, RerankEngine, create_app, invalid_json_field, make_server
+from zerank.server import RERANK_PATH, RerankEngine, create_app, invalid_json_field
 
 KEY = "test-key"
 QUERY = "What is the capital of France?"
@@ -38,28 +40,6 @@ DOCUMENTS = [
     "Berlin is the capital of Germany, " * 12,
     "日本の首都は東京です。",
 ]
-
-
-@contextmanager
-def running_server(app, args: ServeArguments, timeout: float = 60.0):
-    """``zerank serve``'s uvicorn server (``make_server``) of ``app`` on 127.0.0.1 and a free port, in a background
-    thread; yields (url, server, thread)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = make_server(app, args, log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def sdk(base_url: str, api_key: str = KEY) -> zeroentropy.ZeroEntropy:
@@ -314,23 +294,13 @@ def test_command_line_flags(monkeypatch):
 @pytest.mark.slow
 def test_command_line_server_round_trip(tiny_model_dir, tiny_cross_encoder):
     """`zerank serve` in a subprocess, called through the SDK."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "zerank.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
          "--api-key", KEY, "--served-model-name", "zerank-tiny", "zerank-1", "--log-level", "warning"],
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_for_health(f"http://127.0.0.1:{port}", process, timeout=180)
         response = sdk(f"http://127.0.0.1:{port}").models.rerank(model="zerank-1", query=QUERY, documents=DOCUMENTS)
         expected = tiny_cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
         for result in response.results:

@@ -363,8 +363,9 @@ scores = 1 / (1 + np.exp(-logits))
 """
 
 
-def write_runtime_folder(src: Path, raw: dict, out: Path, args: ExportArguments, graph: str) -> RuntimeSpec:
-    """The tokenizer, template, ``zerank_runtime.json`` and README of a runtime export."""
+def finish_runtime_folder(src: Path, raw: dict, out: Path, args: ExportArguments, graph: str) -> dict:
+    """Write the tokenizer, template, ``zerank_runtime.json`` and README of a runtime export whose ``graph`` is in
+    ``out``; returns the export's report, with the parity check against the source unless ``--no-verify``."""
     tokenizer = write_tokenizer(src, out)
     spec = RuntimeSpec(format=args.format, graph=graph, max_length=int(tokenizer.model_max_length),
                        max_query_tokens=int(raw.get("max_query_tokens", tokenizer.model_max_length // 2)),
@@ -372,7 +373,10 @@ def write_runtime_folder(src: Path, raw: dict, out: Path, args: ExportArguments,
                        split_special_tokens_in_content=bool(raw.get("split_special_tokens_in_content", True)))
     atomic_write_json(out / RUNTIME_FILE, spec.to_json())
     atomic_write_text(out / CARD_FILE, render_runtime_readme(args.model, spec, raw))
-    return spec
+    report = {"format": args.format, "quantize": args.quantize, "size_mb": round(folder_bytes(out) / 1e6, 1)}
+    if args.verify:
+        report |= verify_runtime(src, out, quantized=args.quantize is not None)
+    return report
 
 
 def folder_bytes(folder: Path) -> int:
@@ -390,11 +394,7 @@ def export_onnx(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
         else:
             for file in Path(tmp).iterdir():
                 shutil.move(file, out / file.name)
-    write_runtime_folder(src, raw, out, args, ONNX_FILE)
-    report = {"format": "onnx", "quantize": args.quantize, "size_mb": round(folder_bytes(out) / 1e6, 1)}
-    if args.verify:
-        report |= verify_runtime(src, out, quantized=args.quantize is not None)
-    return report
+    return finish_runtime_folder(src, raw, out, args, ONNX_FILE)
 
 
 def export_openvino(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
@@ -412,11 +412,7 @@ def export_openvino(src: Path, raw: dict, out: Path, args: ExportArguments) -> d
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
         openvino.save_model(model, str(out / OPENVINO_FILE), compress_to_fp16=False)
         del model
-    write_runtime_folder(src, raw, out, args, OPENVINO_FILE)
-    report = {"format": "openvino", "quantize": args.quantize, "size_mb": round(folder_bytes(out) / 1e6, 1)}
-    if args.verify:
-        report |= verify_runtime(src, out, quantized=args.quantize is not None)
-    return report
+    return finish_runtime_folder(src, raw, out, args, OPENVINO_FILE)
 
 EXPORTERS: dict[str, Callable[[Path, dict, Path, ExportArguments], dict]] = {
     "vllm": export_vllm, "onnx": export_onnx, "openvino": export_openvino}
