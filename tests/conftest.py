@@ -30,7 +30,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    from zerank.resources import default_tokenizer_dir
+    from zerank.utils.resources import default_tokenizer_dir
 
     return default_tokenizer_dir()
 
@@ -39,7 +39,7 @@ def tokenizer_dir() -> Path:
 def tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from zerank.resources import CHAT_TEMPLATE_FILE
+    from zerank.utils.resources import CHAT_TEMPLATE_FILE
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.chat_template = CHAT_TEMPLATE_FILE.read_text()
@@ -49,8 +49,8 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
     """A random Qwen3ForCausalLM with config/tiny.json's shape (tied embeddings), saved as safetensors."""
-    from zerank.convert import make_random_base
-    from zerank.resources import shape_config
+    from zerank.packaging.convert import make_random_base
+    from zerank.utils.resources import shape_config
 
     return make_random_base(shape_config("tiny"), tmp_path_factory.mktemp("tiny-base"), 0, 2000)
 
@@ -58,8 +58,8 @@ def tiny_base_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_base_dir, tokenizer_dir, tmp_path_factory) -> Path:
     """A zerank folder built from ``tiny_base_dir`` by ``zerank build`` (verified against the causal LM)."""
-    from zerank.arguments import BuildArguments
-    from zerank.convert import build
+    from zerank.packaging.arguments import BuildArguments
+    from zerank.packaging.convert import build
 
     out = tmp_path_factory.mktemp("tiny-zerank") / "model"
     report = build(BuildArguments(out=out, base=str(tiny_base_dir), tokenizer=str(tokenizer_dir)))

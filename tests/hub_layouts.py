@@ -25,9 +25,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerank.convert import make_random_base
-from zerank.package import ZERANK_FIELDS
-from zerank.resources import CHAT_TEMPLATE_FILE, shape_config
+from zerank.packaging.convert import make_random_base
+from zerank.model.package import ZERANK_FIELDS
+from zerank.utils.resources import CHAT_TEMPLATE_FILE, shape_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -1,4 +1,4 @@
-"""zerank.bench_serve (`zerank bench-serve`): the load test of the rerank server, on a `zerank serve` subprocess
+"""zerank.bench.serve_load (`zerank bench-serve`): the load test of the rerank server, on a `zerank serve` subprocess
 (which also shows that the real command obeys SIGTERM: the fixture's exit fails if it does not)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from zerank import cli
-from zerank.arguments import BenchServeArguments
-from zerank.bench_serve import check_local, ensure_model, make_workload, run_level, started_server, summarize
+from zerank.bench.arguments import BenchServeArguments
+from zerank.bench.serve_load import check_local, ensure_model, make_workload, run_level, started_server, summarize
 
 KEY = "bench-key"
 

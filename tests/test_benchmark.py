@@ -6,8 +6,8 @@ import pytest
 
 from modeling_zerank import ZerankConfig
 from zerank import cli
-from zerank.arguments import BenchArguments
-from zerank.benchmark import long_rows_child, measure_memory
+from zerank.bench.arguments import BenchArguments
+from zerank.bench.speed import long_rows_child, measure_memory
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""zerank.calibration: the temperature/bias fit, calibration metrics, labelled pairs, the cache and --write."""
+"""zerank.evaluation.calibration: the temperature/bias fit, calibration metrics, labelled pairs, the cache and --write."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import torch
 from evaluate_data import write_synthetic_beir
 from sentence_transformers import CrossEncoder
 
-from zerank import calibration, cli
-from zerank.calibration import (
+from zerank.evaluation import calibration
+from zerank import cli
+from zerank.evaluation.calibration import (
     CACHE_KEY_IGNORED_FIELDS,
     MAX_TEMPERATURE,
     calibration_metrics,
@@ -28,9 +29,9 @@ from zerank.calibration import (
     model_fingerprint,
     precision_thresholds,
 )
-from zerank.data import load_beir, pairs_from_beir
-from zerank.retrieval import BM25Settings, FirstStage
-from zerank.scoring import calibrated_score
+from zerank.data.readers import load_beir, pairs_from_beir
+from zerank.evaluation.first_stage import BM25Settings, FirstStage
+from zerank.model.scoring import calibrated_score
 
 
 def calibrate(*argv: str) -> dict:
@@ -219,12 +220,12 @@ def test_calibrate_cli_on_a_beir_folder_and_its_argument_errors(tiny_model_dir, 
     assert error.value.code == 2 and "--precision-targets" in capsys.readouterr().err
 
 
-# Imports zerank.calibration once, then for each number K on stdin forks a child that runs write_calibration with
+# Imports zerank.evaluation.calibration once, then for each number K on stdin forks a child that runs write_calibration with
 # an audit hook pausing it before its Kth file operation (open, rename, remove) in the model or backup folder: the
 # child prints `PAUSED PID EVENT PATH` and waits to be killed. `EXIT STATUS` when the child is gone.
 PAUSING_WRITES = r"""
 import os, signal, sys
-from zerank.calibration import write_calibration
+from zerank.evaluation.calibration import write_calibration
 
 model, backups = sys.argv[1:3]
 for line in sys.stdin:
@@ -252,7 +253,7 @@ for line in sys.stdin:
 def test_write_killed_at_every_file_operation_leaves_the_old_or_the_new_config(tiny_model_dir, tmp_path):
     """SIGKILL before each file operation of ``calibrate --write``: config.json is always the old or the new one,
     whole; the backup, when there is one, is whole and outside the package, which gains no visible file."""
-    from zerank.publish import folder_contents
+    from zerank.packaging.publish import folder_contents
 
     model, backups = tmp_path / "model", tmp_path / "calib"
     shutil.copytree(tiny_model_dir, model)

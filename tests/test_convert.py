@@ -1,4 +1,4 @@
-"""zerank build (zerank.convert): shard-by-shard conversion, the "Yes" row, self-verification, the package files."""
+"""zerank build (zerank.packaging.convert): shard-by-shard conversion, the "Yes" row, self-verification, the package files."""
 
 import json
 import os
@@ -15,12 +15,12 @@ from huggingface_hub import metadata_load
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from zerank import convert
-from zerank.arguments import BuildArguments
-from zerank.convert import build, make_random_base
-from zerank.loading import load_reranker
-from zerank.package import rendered_prompts
-from zerank.resources import CHAT_TEMPLATE_FILE, ST_CONFIG_DIR, Preset, presets, shape_config, shape_names
+from zerank.packaging import convert
+from zerank.packaging.arguments import BuildArguments
+from zerank.packaging.convert import build, make_random_base
+from zerank.model.loading import load_reranker
+from zerank.model.package import rendered_prompts
+from zerank.utils.resources import CHAT_TEMPLATE_FILE, ST_CONFIG_DIR, Preset, presets, shape_config, shape_names
 
 
 def test_built_folder_is_a_complete_package(tiny_model_dir):

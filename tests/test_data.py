@@ -1,4 +1,4 @@
-"""zerank.data: BEIR folders, qrels, TREC run files, document text and labelled pairs."""
+"""zerank.data.readers: BEIR folders, qrels, TREC run files, document text and labelled pairs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 from evaluate_data import write_synthetic_beir
 
-from zerank.data import (
+from zerank.data.readers import (
     cut_run,
     document_text,
     holdout_mask,
@@ -19,7 +19,7 @@ from zerank.data import (
     read_trec_run,
     write_trec_run,
 )
-from zerank.retrieval import BM25Settings, FirstStage
+from zerank.evaluation.first_stage import BM25Settings, FirstStage
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_load_beir_refuses_data_that_would_change_meaning(tmp_path, corpus, quer
 def test_repeats_that_agree_are_read_once_with_a_warning(tmp_path, caplog):
     folder = beir_folder(tmp_path / "beir", CORPUS + CORPUS.splitlines(True)[0], QUERIES * 2,
                          QRELS + "q1\td1\t2\n" + QRELS)
-    with caplog.at_level(logging.WARNING, logger="zerank.data"):
+    with caplog.at_level(logging.WARNING, logger="zerank.data.readers"):
         data = load_beir(folder, "test")
     assert data.qrels == {"q1": {"d1": 2}, "q2": {"d2": 1}} and list(data.queries) == ["q1", "q2"]
     assert data.corpus["d1"] == {"title": "T", "text": "one"} and len(data.corpus) == 2

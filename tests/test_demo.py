@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from zerank.demo import DOCUMENTS, QUERY
+from zerank.packaging.demo import DOCUMENTS, QUERY
 
 
 def run_demo(out, cwd) -> subprocess.CompletedProcess:

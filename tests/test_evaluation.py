@@ -1,4 +1,4 @@
-"""zerank.evaluation: reranking, the oracle, the results table and the `zerank evaluate` command."""
+"""zerank.evaluation.evaluate: reranking, the oracle, the results table and the `zerank evaluate` command."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 from evaluate_data import ndcg_ceiling, write_synthetic_beir
 
 from zerank import cli
-from zerank.arguments import ScoringArguments
-from zerank.data import load_beir, read_trec_run, write_trec_run
-from zerank.evaluation import cross_encoder_scorer, evaluate_reranker, evaluation_markdown, oracle_scorer, rerank
-from zerank.metrics import evaluate_run
-from zerank.retrieval import BM25Settings, FirstStage
+from zerank.utils.arguments import ScoringArguments
+from zerank.data.readers import load_beir, read_trec_run, write_trec_run
+from zerank.evaluation.evaluate import cross_encoder_scorer, evaluate_reranker, evaluation_markdown, oracle_scorer, rerank
+from zerank.evaluation.metrics import evaluate_run
+from zerank.evaluation.first_stage import BM25Settings, FirstStage
 
 
 @pytest.fixture(scope="module")

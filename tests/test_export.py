@@ -16,9 +16,9 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen3ForSequenceClassification
 
 from zerank import cli
-from zerank.arguments import ExportArguments
-from zerank.export import export
-from zerank.resources import CHAT_TEMPLATE_FILE
+from zerank.export.arguments import ExportArguments
+from zerank.export.exporter import export
+from zerank.utils.resources import CHAT_TEMPLATE_FILE
 
 PAIRS = PARITY_PAIRS
 ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "zerank_st.py",
@@ -132,7 +132,7 @@ def test_refuses_a_folder_that_is_not_zerank(tiny_base_dir, tmp_path):
         export(ExportArguments(model=str(tmp_path / "missing"), out=tmp_path / "y", verify=False))
 
 
-# ONNX and OpenVINO: the scoring graph, scored by zerank.load_reranker (zerank.runtimes).
+# ONNX and OpenVINO: the scoring graph, scored by zerank.load_reranker (zerank.model.runtimes).
 
 LONG_PAIR = ("What does the reranker read? " * 3, " ".join(f"Paragraph {i} of a long document." for i in range(60)))
 
@@ -145,7 +145,7 @@ def onnx_export(tiny_model_dir, tmp_path_factory):
 
 def test_onnx_export_scores_like_zerank(onnx_export, tiny_cross_encoder):
     import zerank
-    from zerank.runtimes import RuntimeReranker
+    from zerank.model.runtimes import RuntimeReranker
 
     out, report = onnx_export
     assert report["max_abs_score_error"] <= 1e-4 and report["format"] == "onnx"
@@ -169,7 +169,7 @@ def test_runtime_prompt_ids_equal_crossencoder_ids(onnx_export, tiny_model_dir):
     """Rendering, the query cap and truncation with the template suffix restored: token for token CrossEncoder's."""
     from sentence_transformers import CrossEncoder
 
-    from zerank.runtimes import RuntimeReranker
+    from zerank.model.runtimes import RuntimeReranker
 
     out, _ = onnx_export
     encoder = CrossEncoder(str(tiny_model_dir), trust_remote_code=True, device="cpu", max_length=48)
@@ -194,7 +194,7 @@ def test_openvino_export_scores_like_zerank(tiny_model_dir, tiny_cross_encoder, 
 
 
 def test_failed_parity_check_leaves_the_previous_export(onnx_export, tiny_model_dir, tmp_path, monkeypatch):
-    import zerank.export as export_module
+    import zerank.export.exporter as export_module
 
     out = tmp_path / "onnx"
     shutil.copytree(onnx_export[0], out)

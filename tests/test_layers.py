@@ -1,7 +1,8 @@
-"""The library's layering: a module imports only from its own layer or below, and the remote code imports nothing
-of the library."""
+"""The library's layering (``zerank.LAYERS``): a subpackage imports only from its own layer or below, subpackages
+never import each other in a cycle, and the remote code imports nothing of the library."""
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,7 @@ import zerank
 
 PACKAGE = Path(zerank.__file__).parent
 ROOT = PACKAGE.parent
-LAYERS = [
-    {"arguments", "resources", "system"},
-    {"data", "metrics", "zelo", "store"},
-    {"loading", "scoring", "retrieval", "package", "runtimes"},
-    {"convert", "export", "evaluation", "calibration", "training", "publish", "server", "benchmark", "bench_serve",
-     "demo", "zelo_tasks", "rerank", "search_api"},
-    {"cli"},
-]
-LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
+LEVEL = {name: level for level, layer in enumerate(zerank.LAYERS) for name in layer}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,17 +26,39 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert modules == set(LEVEL)
+def feature(path: Path) -> str:
+    """The subpackage (or top-level module) of ``zerank`` that a file belongs to."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
-@pytest.mark.parametrize("module", sorted(LEVEL))
-def test_no_import_points_up(module):
-    imports = imported_modules(PACKAGE / f"{module}.py")
-    used = {name.split(".")[1] for name in imports if name.startswith("zerank.") and name.count(".") == 1} & set(LEVEL)
-    upward = {name for name in used if LEVEL[name] > LEVEL[module]}
-    assert not upward, f"zerank.{module} imports from a higher layer: {sorted(upward)}"
+def feature_imports(path: Path) -> set[str]:
+    return {name.split(".")[1] for name in imported_modules(path) if name.startswith("zerank.")} & set(LEVEL)
+
+
+FILES = sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py")
+
+
+def test_every_subpackage_has_a_layer():
+    assert {feature(p) for p in FILES} == set(LEVEL)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_import_points_up(path):
+    upward = {name for name in feature_imports(path) if LEVEL[name] > LEVEL[feature(path)]}
+    assert not upward, f"{path.relative_to(ROOT)} imports from a higher layer: {sorted(upward)}"
+
+
+def test_subpackages_import_each_other_without_cycles():
+    graph: dict[str, set[str]] = {name: set() for name in LEVEL}
+    for path in FILES:
+        graph[feature(path)] |= feature_imports(path) - {feature(path)}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from zerank.serving import server\n")
+    assert feature_imports(bad) == {"serving"} and LEVEL["serving"] > LEVEL["model"]
 
 
 @pytest.mark.parametrize("remote", ["modeling_zerank.py", "zerank_st.py"])

@@ -6,7 +6,7 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from modeling_zerank import ZerankConfig, ZerankForSequenceClassification
-from zerank.loading import load_reranker, resolve_dtype
+from zerank.model.loading import load_reranker, resolve_dtype
 
 PAIRS = [("What is 2+2?", "4"), ("What is 2+2?", "The answer is definitely 1 million")]
 

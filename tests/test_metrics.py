@@ -1,4 +1,4 @@
-"""zerank.metrics: trec_eval's values through pytrec_eval, checked by hand, against pytrec_eval and against ranx."""
+"""zerank.evaluation.metrics: trec_eval's values through pytrec_eval, checked by hand, against pytrec_eval and against ranx."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytrec_eval
 from conftest import shared_dir
 from evaluate_data import ndcg_ceiling
 
-from zerank.data import cut_run, load_beir
-from zerank.evaluation import evaluate_reranker, oracle_scorer
-from zerank.metrics import evaluate_run
-from zerank.retrieval import FirstStage
+from zerank.data.readers import cut_run, load_beir
+from zerank.evaluation.evaluate import evaluate_reranker, oracle_scorer
+from zerank.evaluation.metrics import evaluate_run
+from zerank.evaluation.first_stage import FirstStage
 
 IR = shared_dir() / "data" / "ir"
 REAL_SETS = ("scifact", "msmarco-trecdl-subset", "dbpedia-entity-subset")

@@ -29,11 +29,11 @@ from hub_server import HubServer
 from safetensors.torch import load_file, save_file
 
 from modeling_zerank import ZerankConfig
-from zerank import publish
-from zerank.arguments import BuildArguments
+from zerank.packaging import publish
+from zerank.packaging.arguments import BuildArguments
 from zerank.cli import entry_point
 from zerank.cli import main as cli_main
-from zerank.package import PROBE_PAIRS, render_model_card
+from zerank.model.package import PROBE_PAIRS, render_model_card
 
 TOKEN = "hf_zerankTestToken9f3c1d7a"
 REPO = "acme/zerank-tiny"
@@ -122,7 +122,7 @@ print(json.dumps(out))
 CLIENT_CROSS_ENCODER = r"""
 import json, sys
 from sentence_transformers import CrossEncoder
-from zerank.scoring import score_pairs
+from zerank.model.scoring import score_pairs
 model = CrossEncoder(sys.argv[1], revision=sys.argv[2], trust_remote_code=True, device="cpu")
 print(json.dumps(score_pairs(model, [tuple(p) for p in json.loads(sys.argv[3])]).tolist()))
 """

@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from evaluate_data import write_synthetic_beir
 
-from zerank.arguments import ModelArguments, RerankArguments, ScoringArguments
-from zerank.data import read_trec_run
-from zerank.rerank import (
+from zerank.rerank.arguments import RerankArguments
+from zerank.utils.arguments import ModelArguments, ScoringArguments
+from zerank.data.readers import read_trec_run
+from zerank.rerank.batch import (
     MANIFEST,
     RUN_FILE,
     SCORES_DIR,
@@ -30,7 +31,7 @@ from zerank.rerank import (
     read_scores,
     rerank,
 )
-from zerank.scoring import calibrated_score, score_pairs
+from zerank.model.scoring import calibrated_score, score_pairs
 
 DOC_IDS = ("pos0", "pos1", "neg0", "neg1", "neg2", "neg3")
 SHARD_PAIRS = 10

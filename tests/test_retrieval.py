@@ -1,4 +1,4 @@
-"""zerank.retrieval: BM25 (bm25s), the first stage (BM25 or a run file) and the `zerank bm25` command."""
+"""zerank.evaluation.first_stage: BM25 (bm25s), the first stage (BM25 or a run file) and the `zerank bm25` command."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from conftest import shared_dir
 from evaluate_data import write_synthetic_beir
 
 from zerank import cli
-from zerank.arguments import FirstStageArguments
-from zerank.data import BeirDataset, load_beir, read_trec_run, write_trec_run
-from zerank.metrics import evaluate_run
-from zerank.retrieval import BM25Settings, FirstStage, bm25_search
+from zerank.utils.arguments import FirstStageArguments
+from zerank.data.readers import BeirDataset, load_beir, read_trec_run, write_trec_run
+from zerank.evaluation.metrics import evaluate_run
+from zerank.evaluation.first_stage import BM25Settings, FirstStage, bm25_search
 
 IR = shared_dir() / "data" / "ir"
 

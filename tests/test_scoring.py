@@ -1,10 +1,10 @@
-"""zerank.scoring: the calibration formula, token-budget batching and order-preserving scoring."""
+"""zerank.model.scoring: the calibration formula, token-budget batching and order-preserving scoring."""
 
 import numpy as np
 import pytest
 import torch
 
-from zerank.scoring import (
+from zerank.model.scoring import (
     calibrated_logit,
     calibrated_score,
     pair_lengths,

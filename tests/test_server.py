@@ -1,4 +1,4 @@
-"""zerank.server (`zerank serve`): every rerank shape checked with its official client (zeroentropy, cohere,
+"""zerank.serving.server (`zerank serve`): every rerank shape checked with its official client (zeroentropy, cohere,
 langchain-zerank) or plain HTTP (TEI), and the server's behaviour under load: cancellation, the bounded queue,
 draining on SIGTERM, read timeouts, invalid JSON values, metrics."""
 
@@ -26,10 +26,11 @@ from langchain_zerank import ZeroEntropyRerank
 from uvicorn_thread import running_server
 
 from zerank import cli
-from zerank.arguments import ModelArguments, ServeArguments
-from zerank.bench_serve import free_port, wait_for_health
-from zerank.loading import load_from_arguments
-from zerank.server import RERANK_PATH, RerankEngine, create_app, invalid_json_field
+from zerank.serving.arguments import ServeArguments
+from zerank.utils.arguments import ModelArguments
+from zerank.bench.serve_load import free_port, wait_for_health
+from zerank.model.loading import load_from_arguments
+from zerank.serving.server import RERANK_PATH, RerankEngine, create_app, invalid_json_field
 
 KEY = "test-key"
 QUERY = "What is the capital of France?"

@@ -1,4 +1,4 @@
-"""zerank.store: passage cutting, metadata filters, the SQLite FTS5 store, and its transactions (injected failures and
+"""zerank.serving.search.store: passage cutting, metadata filters, the SQLite FTS5 store, and its transactions (injected failures and
 a process killed in the middle of an add)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from zerank.store import (
+from zerank.serving.search.store import (
     LONG_SNIPPET_CHARS,
     SHORT_SNIPPET_CHARS,
     UNITS,
@@ -331,7 +331,7 @@ def test_a_failed_add_leaves_no_trace(store):
 
 KILLED_MID_ADD = """
 import os, signal, sys
-from zerank.store import SQLiteStore, UNITS
+from zerank.serving.search.store import SQLiteStore, UNITS
 
 class KilledStore(SQLiteStore):
     def _index(self, conn, collection_id, document_id, unit, content, passages):

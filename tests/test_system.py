@@ -1,4 +1,4 @@
-"""zerank.system: atomic writes and staged output folders, including processes killed (SIGKILL) midway.
+"""zerank.utils.system: atomic writes and staged output folders, including processes killed (SIGKILL) midway.
 
 The kill tests run the real commands in subprocesses and kill them by PID at chosen points. A point is reached
 deterministically: the subprocess wraps one function on the path (say ``convert.load_reranker``, called by the
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerank.system import STAGING_MARK, atomic_write_bytes, staged_output_dir
+from zerank.utils.system import STAGING_MARK, atomic_write_bytes, staged_output_dir
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -102,7 +102,7 @@ def test_a_run_killed_between_its_two_renames_gets_the_old_folder_back(tmp_path)
 
 WRITER = r"""
 import sys
-from zerank.system import atomic_write_bytes
+from zerank.utils.system import atomic_write_bytes
 target, size = sys.argv[1], int(sys.argv[2])
 payloads = [bytes([i]) * size for i in (1, 2)]
 atomic_write_bytes(target, payloads[0])
@@ -150,12 +150,12 @@ def test_atomic_write_bytes_replaces_and_cleans_up(tmp_path):
 PAUSING_BUILDS = r"""
 import os, shlex, signal, sys
 import zerank.cli
-import zerank.convert
-import zerank.system
+import zerank.packaging.convert
+import zerank.utils.system
 
 def run_paused(point, argv):
     module, name, nth, prefix = (point + ":").split(":")[:4]
-    owner = {"convert": zerank.convert, "os": zerank.system.os}[module]
+    owner = {"convert": zerank.packaging.convert, "os": zerank.utils.system.os}[module]
     original, calls = getattr(owner, name), []
 
     def paused(*args, **kwargs):
@@ -213,8 +213,8 @@ def test_killed_builds_leave_the_previous_build_in_place(tiny_model_dir, tokeniz
     the next run removes what the killed one left. A later build whose verification fails changes nothing."""
     from sentence_transformers import CrossEncoder
 
-    from zerank import convert
-    from zerank.arguments import BuildArguments
+    from zerank.packaging import convert
+    from zerank.packaging.arguments import BuildArguments
 
     out = tmp_path / "release" / "model"
     shutil.copytree(tiny_model_dir, out)

@@ -1,4 +1,4 @@
-"""zerank finetune (zerank.training): learning a synthetic task, the saved package, resume, LoRA/merge, data formats,
+"""zerank finetune (zerank.training.trainer): learning a synthetic task, the saved package, resume, LoRA/merge, data formats,
 the trainer flags."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from conftest import ROOT, shared_dir
 from evaluate_data import write_synthetic_beir
 
-from zerank import training
+from zerank.training import trainer as training
 from zerank.cli import main as cli_main
-from zerank.package import PACKAGE_FILES
+from zerank.model.package import PACKAGE_FILES
 
 # A random tiny model learns the synthetic task (the relevant documents repeat a rare word) in a few dozen steps with
 # a high learning rate (measured on three data/training seeds: pairwise loss, 16 steps: held-out NDCG@10 +0.30 to
@@ -33,7 +33,7 @@ print(json.dumps(model.predict(pairs, activation_fn=torch.nn.Identity()).tolist(
 
 
 def main(argv: list[str]):
-    """``zerank finetune ARGV`` in this process (so a test can patch zerank.training); returns its report."""
+    """``zerank finetune ARGV`` in this process (so a test can patch zerank.training.trainer); returns its report."""
     return cli_main(["finetune", *argv])
 
 
@@ -191,7 +191,7 @@ def test_elo_targets_from_pairwise_judgments_teach_the_synthetic_task(synthetic,
 def test_elo_mse_loss_regresses_sigmoid_of_the_score_on_its_elo_targets(tiny_cross_encoder):
     import torch
 
-    from zerank.scoring import score_pairs
+    from zerank.model.scoring import score_pairs
 
     documents, targets = ["zorvex notes zorvex", "general filler text"], [0.8, 0.1]
     loss = training.make_loss("elo-mse", tiny_cross_encoder, None)
@@ -203,8 +203,8 @@ def test_elo_mse_loss_regresses_sigmoid_of_the_score_on_its_elo_targets(tiny_cro
 
 
 def test_elo_data_trains_on_the_elo_queries_that_are_not_held_out(synthetic, tmp_path):
-    from zerank.arguments import FinetuneArguments
-    from zerank.retrieval import BM25Settings, FirstStage
+    from zerank.training.arguments import FinetuneArguments
+    from zerank.evaluation.first_stage import BM25Settings, FirstStage
 
     elo = tmp_path / "elo.jsonl"
     rows = [("q0", "d0-pos0", 2.0), ("q0", "d0-neg1", -1.0), ("q0", "nowhere", 0.0), ("q1", "d1-pos1", 0.5),

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from zerank.bench_serve import wait_for_health
+from zerank.bench.serve_load import wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(tokenizer_dir, tmp_path_factory) -> Path:
-    from zerank.arguments import BuildArguments
-    from zerank.convert import build
+    from zerank.packaging.arguments import BuildArguments
+    from zerank.packaging.convert import build
 
     out = tmp_path_factory.mktemp("vllm-source") / "model"
     build(BuildArguments(out=out, random=str(SHAPE), tokenizer=str(tokenizer_dir), max_length=MAX_MODEL_LEN))
@@ -66,15 +66,15 @@ def model_dir(tokenizer_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cross_encoder(model_dir):
-    from zerank.loading import load_reranker
+    from zerank.model.loading import load_reranker
 
     return load_reranker(str(model_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    from zerank.arguments import ExportArguments
-    from zerank.export import export
+    from zerank.export.arguments import ExportArguments
+    from zerank.export.exporter import export
 
     exported = tmp_path_factory.mktemp("vllm-export") / "model"
     export(ExportArguments(model=str(model_dir), out=exported))

@@ -1,4 +1,4 @@
-"""zELO (zerank.zelo, zerank.zelo_tasks): the random-cycles design, the Bradley-Terry / Thurstone fit and its
+"""zELO (zerank.training.zelo, zerank.training.zelo_commands): the random-cycles design, the Bradley-Terry / Thurstone fit and its
 standard errors, the cross-query normalisation, the file formats and the three commands end to end."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from evaluate_data import write_synthetic_beir
 from scipy.special import expit, ndtr
 from scipy.stats import spearmanr
 
-from zerank import zelo
+from zerank.training import zelo
 from zerank.cli import main as cli_main
-from zerank.zelo_tasks import pointwise_judgments, read_pairs
+from zerank.training.zelo_commands import pointwise_judgments, read_pairs
 
 SEEDS = range(20)
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from zerank.arguments import ServeArguments
-from zerank.server import make_server
+from zerank.serving.arguments import ServeArguments
+from zerank.serving.server import make_server
 
 
 @contextmanager

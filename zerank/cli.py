@@ -18,7 +18,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from zerank import __version__, arguments
+from zerank import __version__
+from zerank.bench import arguments as bench_arguments
+from zerank.evaluation import arguments as evaluation_arguments
+from zerank.export import arguments as export_arguments
+from zerank.packaging import arguments as packaging_arguments
+from zerank.rerank import arguments as rerank_arguments
+from zerank.serving import arguments as serving_arguments
+from zerank.training import arguments as training_arguments
+from zerank.utils import arguments as utils_arguments
 
 
 @dataclass(frozen=True)
@@ -35,24 +43,24 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "build": Command("Convert a Qwen3 causal LM (or random weights of a shape) into a verified zerank package.",
-                     (arguments.BuildArguments,), "zerank.convert:main"),
+                     (packaging_arguments.BuildArguments,), "zerank.packaging.convert:main"),
     "export": Command("Export a zerank package for another runtime (vLLM, ONNX Runtime, OpenVINO), parity-checked.",
-                      (arguments.ExportArguments,), "zerank.export:main", extra_install="export"),
+                      (export_arguments.ExportArguments,), "zerank.export.exporter:main", extra_install="export"),
     "evaluate": Command("Rerank a first stage's candidates on a BEIR folder and report NDCG@10, MRR@10, recall.",
-                        (arguments.EvaluateArguments, arguments.ModelArguments, arguments.ScoringArguments,
-                         arguments.FirstStageArguments), "zerank.evaluation:main", extra_install="eval"),
+                        (evaluation_arguments.EvaluateArguments, utils_arguments.ModelArguments, utils_arguments.ScoringArguments,
+                         utils_arguments.FirstStageArguments), "zerank.evaluation.evaluate:main", extra_install="eval"),
     "calibrate": Command("Fit score_temperature and score_bias on labelled pairs; report calibration.",
-                         (arguments.CalibrateArguments, arguments.ModelArguments, arguments.ScoringArguments,
-                          arguments.FirstStageArguments), "zerank.calibration:main", extra_install="eval",
-                         check=arguments.check_calibrate),
+                         (evaluation_arguments.CalibrateArguments, utils_arguments.ModelArguments, utils_arguments.ScoringArguments,
+                          utils_arguments.FirstStageArguments), "zerank.evaluation.calibration:main", extra_install="eval",
+                         check=evaluation_arguments.check_calibrate),
     "rerank": Command("Rerank a big candidate set in resumable shards, in one process or on a Ray Data actor pool.",
-                      (arguments.RerankArguments, arguments.ModelArguments, arguments.ScoringArguments),
-                      "zerank.rerank:main", extra_install="rerank"),
+                      (rerank_arguments.RerankArguments, utils_arguments.ModelArguments, utils_arguments.ScoringArguments),
+                      "zerank.rerank.batch:main", extra_install="rerank"),
     "finetune": Command(
         "Fine-tune on your data (CrossEncoderTrainer), refit the calibration, write a complete package.",
-        (arguments.FinetuneArguments, arguments.FirstStageArguments), "zerank.training:main", takes_extra=True,
+        (training_arguments.FinetuneArguments, utils_arguments.FirstStageArguments), "zerank.training.trainer:main", takes_extra=True,
         extra_install="eval,train",
-        extra_help=("--trainer-help", "zerank.training:print_trainer_help"),
+        extra_help=("--trainer-help", "zerank.training.trainer:print_trainer_help"),
         epilog="Every field of sentence-transformers' CrossEncoderTrainingArguments is a flag too, for example "
                "--max-steps, --num-train-epochs, --learning-rate (2e-5), --per-device-train-batch-size (16), "
                "--gradient-accumulation-steps, --warmup-steps (0.1: a share of the steps), --weight-decay (0.01), "
@@ -62,27 +70,27 @@ COMMANDS: dict[str, Command] = {
                "`zerank finetune --trainer-help` lists them all (it imports torch).",
     ),
     "publish": Command("Validate a built folder, upload it in one commit, verify the commit and tag it.",
-                       (arguments.PublishArguments,), "zerank.publish:main"),
+                       (packaging_arguments.PublishArguments,), "zerank.packaging.publish:main"),
     "serve": Command("Serve a zerank model with ZeroEntropy's rerank API.",
-                     (arguments.ServeArguments, arguments.ModelArguments), "zerank.server:main",
+                     (serving_arguments.ServeArguments, utils_arguments.ModelArguments), "zerank.serving.server:main",
                      extra_install="serve"),
     "bench": Command("Benchmark zerank against sentence-transformers' native reranker on identical weights.",
-                     (arguments.BenchArguments,), "zerank.benchmark:main"),
+                     (bench_arguments.BenchArguments,), "zerank.bench.speed:main"),
     "bench-serve": Command("Benchmark a rerank server under concurrent clients.",
-                           (arguments.BenchServeArguments,), "zerank.bench_serve:main", extra_install="serve"),
+                           (bench_arguments.BenchServeArguments,), "zerank.bench.serve_load:main", extra_install="serve"),
     "bm25": Command("BM25 first-stage figures of a BEIR folder.",
-                    (arguments.Bm25Arguments, arguments.FirstStageArguments), "zerank.retrieval:main",
+                    (evaluation_arguments.Bm25Arguments, utils_arguments.FirstStageArguments), "zerank.evaluation.first_stage:main",
                     extra_install="eval"),
     "demo": Command("Build the tiny random model and score an example through CrossEncoder (offline).",
-                    (arguments.DemoArguments,), "zerank.demo:main"),
+                    (packaging_arguments.DemoArguments,), "zerank.packaging.demo:main"),
     "pairs": Command("zELO step 1: the document pairs to judge per query (random cycles over first-stage candidates).",
-                     (arguments.PairsArguments, arguments.FirstStageArguments), "zerank.zelo_tasks:pairs_main",
+                     (training_arguments.PairsArguments, utils_arguments.FirstStageArguments), "zerank.training.zelo_commands:pairs_main",
                      extra_install="eval"),
     "judge": Command("zELO step 2 (built-in judge): judge the pairs with a zerank model's pointwise scores.",
-                     (arguments.JudgeArguments, arguments.ModelArguments, arguments.ScoringArguments),
-                     "zerank.zelo_tasks:judge_main", extra_install="eval"),
+                     (training_arguments.JudgeArguments, utils_arguments.ModelArguments, utils_arguments.ScoringArguments),
+                     "zerank.training.zelo_commands:judge_main", extra_install="eval"),
     "elo": Command("zELO step 3: Elo scores with standard errors from pairwise judgments, on one scale across queries.",
-                   (arguments.EloArguments,), "zerank.zelo_tasks:elo_main", extra_install="eval"),
+                   (training_arguments.EloArguments,), "zerank.training.zelo_commands:elo_main", extra_install="eval"),
 }
 
 

@@ -1,0 +1,599 @@
+"""Rerank a big candidate set in resumable shards: in one process, or on Ray Data across machines.
+
+Candidates come as a TREC run over a BEIR-style folder (``queries.jsonl``, ``corpus.jsonl``; only the queries and
+documents the run names are kept in memory) or as a jsonl/Parquet file of ``(query_id, query, doc_id, document)``
+rows. Whole queries are packed, in input order, into shards of about ``--shard-pairs`` pairs; every pair of a shard
+gets its raw "Yes" logit and its calibrated 0..1 score (:func:`zerank.model.scoring.calibrated_score`).
+
+Output folder (``--out``):
+    manifest.json      inputs' and model's fingerprints, settings, the shard plan, ``complete``, one record per session
+    scores/shard-NNNNN.parquet (or .jsonl)   query_id, doc_id, raw_logit, score: one file per finished shard
+    reranked.trec      every query's candidates by decreasing raw logit, written once all shards are there
+
+Resume rule: a shard file exists only when its shard is finished (it is written under a hidden temporary name and
+renamed), so a rerun of the same command on the same folder scores exactly the shards that have no file and then
+writes ``reranked.trec``; a folder holding a run of other inputs, another model (the hash of its files) or other
+scoring settings is refused. ``--device``, ``--max-batch-tokens``, ``--batch-size``, the engine and its workers may
+change between sessions (they change speed, not the scores beyond float rounding); the dtype the shards were scored
+in may not.
+
+Engines: ``local`` scores the shards one after the other with one model in this process; ``ray`` hands them to a
+Ray Data actor pool (``map_batches`` over one row per shard; each actor loads the model once, with
+``--cpus-per-worker`` / ``--gpus-per-worker``) on a local Ray instance or the cluster at ``--ray-address``. Both call
+:func:`score_shard` on the same shards, so their outputs are identical. The driver writes every file, so a cluster
+needs no shared file system for the output (the actors need the model: a hub id or a path every node sees).
+
+Usage:
+    zerank rerank --model build/zerank-1 --data ../shared/data/ir/scifact --run bm25.trec --out runs/rerank
+    zerank rerank --model build/zerank-1 --pairs candidates.parquet --out runs/rerank --format jsonl
+    zerank rerank --model org/zerank-1 --pairs candidates.parquet --out runs/rerank --engine ray \\
+        --ray-address auto --gpus-per-worker 1
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from sentence_transformers import CrossEncoder
+from tqdm.auto import tqdm
+
+from modeling_zerank import ZerankConfig
+from zerank.rerank.arguments import RerankArguments
+from zerank.utils.arguments import ModelArguments, ScoringArguments
+from zerank.data.readers import Run, document_text, iter_jsonl, read_trec_run, write_trec_run
+from zerank.model.loading import load_from_arguments
+from zerank.model.package import read_config, resolve_model_dir
+from zerank.model.scoring import PAIRS_PER_CALL, calibrated_score, score_pairs
+from zerank.utils.system import atomic_write_bytes, atomic_write_json, library_versions
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SCORES_DIR = "scores"
+RUN_FILE = "reranked.trec"
+LOCK_FILE = ".lock"
+MANIFEST_VERSION = 1
+PAIR_FIELDS = ("query_id", "query", "doc_id", "document")
+SCORE_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("raw_logit", pa.float32()),
+                          ("score", pa.float64())])
+# Files of a model folder that do not change its scores.
+UNSCORED_MODEL_FILES = ("README.md",)
+
+
+# --- inputs ---
+
+
+@dataclass
+class Candidates:
+    """(query id, query, document id, document) rows, in input order; ``sources`` are the files they came from."""
+
+    query_ids: list[str]
+    queries: list[str]
+    doc_ids: list[str]
+    documents: list[str]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def rows_by_query(self) -> dict[str, list[int]]:
+        """Each query id's row indices, queries in order of first appearance."""
+        rows: dict[str, list[int]] = {}
+        for index, qid in enumerate(self.query_ids):
+            rows.setdefault(qid, []).append(index)
+        return rows
+
+    def fingerprint(self) -> str:
+        """sha256 of every row's four fields, in order: equal for equal rows, whichever files they came from."""
+        h = hashlib.sha256()
+        for row in zip(self.query_ids, self.queries, self.doc_ids, self.documents):
+            for value in row:
+                data = value.encode("utf-8")
+                h.update(len(data).to_bytes(8, "little"))
+                h.update(data)
+        return h.hexdigest()
+
+
+class _RowChecker:
+    """Checks rows as they are added (ids usable in a TREC run, one text per query id, no repeated pair) and names
+    the row's place (``file:line``) in its errors."""
+
+    def __init__(self, source: str) -> None:
+        self.candidates = Candidates([], [], [], [], [source])
+        self.query_text: dict[str, tuple[str, str]] = {}  # query id -> (text, where first seen)
+        self.seen: dict[tuple[str, str], str] = {}
+
+    def add(self, where: str, query_id, query, doc_id, document) -> None:
+        for name, value in (("query_id", query_id), ("doc_id", doc_id)):
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError(f"{where}: '{name}' must be a string or an integer, got {type(value).__name__}.")
+            if not str(value) or any(c.isspace() for c in str(value)):
+                raise ValueError(f"{where}: '{name}' {str(value)!r} is empty or holds whitespace (a TREC run "
+                                 "separates fields by whitespace).")
+        for name, value in (("query", query), ("document", document)):
+            if not isinstance(value, str):
+                raise ValueError(f"{where}: '{name}' must be a string, got {type(value).__name__}.")
+        query_id, doc_id = str(query_id), str(doc_id)
+        text, first = self.query_text.setdefault(query_id, (query, where))
+        if text != query:
+            raise ValueError(f"{where}: query {query_id!r} has another text than at {first}.")
+        first = self.seen.setdefault((query_id, doc_id), where)
+        if first != where:
+            raise ValueError(f"{where}: the pair ({query_id}, {doc_id}) is repeated (first at {first}).")
+        c = self.candidates
+        c.query_ids.append(query_id)
+        c.queries.append(query)
+        c.doc_ids.append(doc_id)
+        c.documents.append(document)
+
+    def result(self, path: Path) -> Candidates:
+        if not self.candidates.query_ids:
+            raise ValueError(f"{path} holds no candidate pair.")
+        return self.candidates
+
+
+def read_pairs(path: str | Path) -> Candidates:
+    """Rows ``query_id, query, doc_id, document`` of a ``.jsonl`` file (one object a line) or a ``.parquet`` file.
+
+    Ids are strings or integers without whitespace; a query id has one text; a pair appears once. Errors name the
+    file and line (the row, for Parquet)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Pairs file {path} not found.")
+    checker = _RowChecker(str(path))
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        missing = [name for name in PAIR_FIELDS if name not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; rows need {list(PAIR_FIELDS)}.")
+        columns = [table.column(name).to_pylist() for name in PAIR_FIELDS]
+        for row_no, row in enumerate(zip(*columns), 1):
+            checker.add(f"{path}: row {row_no}", *row)
+    elif path.suffix == ".jsonl":
+        for line_no, row in iter_jsonl(path):
+            where = f"{path}:{line_no}"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected an object with {list(PAIR_FIELDS)}, got {type(row).__name__}.")
+            missing = [name for name in PAIR_FIELDS if name not in row]
+            if missing:
+                raise ValueError(f"{where}: missing field(s) {missing}; rows need {list(PAIR_FIELDS)}.")
+            checker.add(where, *(row[name] for name in PAIR_FIELDS))
+    else:
+        raise ValueError(f"{path}: pairs must be a .jsonl or .parquet file.")
+    return checker.result(path)
+
+
+def _first_run_line(path: Path, query_id: str, doc_id: str | None = None) -> int:
+    """The line of ``path`` (a TREC run) that names ``query_id`` (and ``doc_id``), for an error message."""
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.split()
+            if parts and parts[0] == query_id and (doc_id is None or parts[2] == doc_id):
+                return line_no
+    return 0
+
+
+def _beir_rows(path: Path, wanted: set[str]) -> Iterator[tuple[str, dict]]:
+    """(id, row) of the rows of a BEIR jsonl file whose ``_id`` is in ``wanted``; errors name the file and line."""
+    for line_no, row in iter_jsonl(path, ": a BEIR folder needs queries.jsonl and corpus.jsonl"):
+        if not isinstance(row, dict) or "_id" not in row or "text" not in row:
+            raise ValueError(f"{path}:{line_no}: BEIR rows need '_id' and 'text'.")
+        if str(row["_id"]) in wanted:
+            yield str(row["_id"]), row
+
+
+def read_beir_candidates(data: str | Path, run_path: str | Path) -> Candidates:
+    """The pairs of a TREC run, with the query texts of ``DATA/queries.jsonl`` and the documents (title + text, see
+    :func:`zerank.data.readers.document_text`) of ``DATA/corpus.jsonl``, in the run's order.
+
+    The corpus is read as a stream and only the documents the run names are kept, so a large corpus costs no more
+    memory than its candidates."""
+    data, run_path = Path(data), Path(run_path)
+    if not data.is_dir():
+        raise FileNotFoundError(f"Data folder {data} does not exist.")
+    run = read_trec_run(run_path)
+    queries = {qid: str(row["text"]) for qid, row in _beir_rows(data / "queries.jsonl", set(run))}
+    wanted = {doc_id for docs in run.values() for doc_id in docs}
+    corpus = {doc_id: document_text(row.get("title"), row["text"])
+              for doc_id, row in _beir_rows(data / "corpus.jsonl", wanted)}
+    checker = _RowChecker(str(run_path))
+    checker.candidates.sources.extend([str(data / "queries.jsonl"), str(data / "corpus.jsonl")])
+    for qid, docs in run.items():
+        if qid not in queries:
+            raise ValueError(f"{run_path}:{_first_run_line(run_path, qid)}: query {qid!r} is not in "
+                             f"{data / 'queries.jsonl'}.")
+        for doc_id in docs:
+            if doc_id not in corpus:
+                raise ValueError(f"{run_path}:{_first_run_line(run_path, qid, doc_id)}: document {doc_id!r} is not "
+                                 f"in {data / 'corpus.jsonl'}.")
+            checker.add(str(run_path), qid, queries[qid], doc_id, corpus[doc_id])
+    return checker.result(run_path)
+
+
+def read_candidates(args: RerankArguments) -> Candidates:
+    return read_pairs(args.pairs) if args.pairs is not None else read_beir_candidates(args.data, args.run)
+
+
+# --- shards ---
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Whole queries' rows (indices into the candidates), scored and written as one unit."""
+
+    index: int
+    rows: tuple[int, ...]
+    queries: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+    def file(self, fmt: str) -> str:
+        return f"{SCORES_DIR}/{self.name}.{fmt}"
+
+
+def plan_shards(candidates: Candidates, shard_pairs: int) -> list[Shard]:
+    """Queries in order of first appearance, packed greedily into shards of at most ``shard_pairs`` pairs (a query
+    with more candidates gets a shard alone). The plan depends only on the rows and ``shard_pairs``."""
+    if shard_pairs < 1:
+        raise ValueError(f"--shard-pairs must be at least 1, got {shard_pairs}.")
+    shards: list[Shard] = []
+    rows: list[int] = []
+    queries = 0
+    for query_rows in candidates.rows_by_query().values():
+        if rows and len(rows) + len(query_rows) > shard_pairs:
+            shards.append(Shard(len(shards), tuple(rows), queries))
+            rows, queries = [], 0
+        rows.extend(query_rows)
+        queries += 1
+    if rows:
+        shards.append(Shard(len(shards), tuple(rows), queries))
+    return shards
+
+
+def score_shard(model: CrossEncoder, pairs: Sequence[tuple[str, str]], *, max_batch_tokens: int | None = None,
+                batch_size: int | None = None, instruction: str | None = None,
+                progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """Raw "Yes" logits (float32) of one shard's pairs, in order: :func:`zerank.model.scoring.score_pairs` over steps of
+    whole queries (about ``PAIRS_PER_CALL`` pairs), calling ``progress(pairs done)`` after each step.
+
+    ``score_pairs`` never mixes queries in a predict call, so the steps change when the bar moves, not the scores."""
+    raw = np.zeros(len(pairs), dtype=np.float32)
+    start = 0
+    while start < len(pairs):
+        end = start + 1
+        while end < len(pairs) and (pairs[end][0] == pairs[end - 1][0] or end - start < PAIRS_PER_CALL):
+            end += 1
+        raw[start:end] = score_pairs(model, pairs[start:end], output="raw", max_batch_tokens=max_batch_tokens,
+                                     batch_size=batch_size, instruction=instruction)
+        if progress is not None:
+            progress(end - start)
+        start = end
+    return raw
+
+
+def shard_table(candidates: Candidates, shard: Shard, raw: np.ndarray, temperature: float, bias: float) -> pa.Table:
+    """A shard's rows: query_id, doc_id, raw_logit, calibrated score."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.shape != (len(shard.rows),):
+        raise ValueError(f"{shard.name}: {raw.shape[0]} scores for {len(shard.rows)} pairs.")
+    return pa.table([[candidates.query_ids[i] for i in shard.rows], [candidates.doc_ids[i] for i in shard.rows],
+                     raw, calibrated_score(raw, temperature, bias)], schema=SCORE_SCHEMA)
+
+
+def table_bytes(table: pa.Table, fmt: str) -> bytes:
+    """A score table as the bytes of a Parquet file or of a jsonl file."""
+    if fmt == "parquet":
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        return sink.getvalue()
+    return "".join(json.dumps(row) + "\n" for row in table.to_pylist()).encode("utf-8")
+
+
+def read_scores(path: str | Path) -> pa.Table:
+    """A shard file (Parquet or jsonl) as a table with :data:`SCORE_SCHEMA`."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pq.read_table(path, schema=SCORE_SCHEMA)
+    return pa.Table.from_pylist([row for _, row in iter_jsonl(path)], schema=SCORE_SCHEMA)
+
+
+# --- the output folder ---
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 of every file of a model folder that can change its scores (weights, config, tokenizer, template)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(model_dir)
+        if relative.name in UNSCORED_MODEL_FILES or any(part.startswith(".") for part in relative.parts):
+            continue
+        h.update(f"{relative.as_posix()}\0".encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_key(manifest: dict) -> dict:
+    """What a resumed run must share with the folder's: inputs, model, scoring settings, output layout."""
+    return {"input": manifest["input"]["fingerprint"], "pairs": manifest["input"]["pairs"],
+            "model": manifest["model"]["fingerprint"],
+            **{k: manifest["model"][k] for k in ("dtype", "max_length", "instruction")},
+            **{k: manifest["output"][k] for k in ("format", "shard_pairs")}}
+
+
+def open_output(out: Path, manifest: dict, overwrite: bool) -> dict:
+    """Create ``out`` for ``manifest``'s run, or take up the unfinished (or finished) run in it.
+
+    Returns the manifest in force (the folder's, when resuming). Refuses a folder of another run, or one that is
+    not a rerank output, unless ``overwrite`` (which empties it first)."""
+    path = out / MANIFEST
+    if overwrite:
+        for item in out.iterdir():
+            if item.is_dir():
+                shutil.rmtree(item)
+            elif item.name != LOCK_FILE:
+                item.unlink()
+    if path.exists():
+        previous = json.loads(path.read_text())
+        old, new = manifest_key(previous), manifest_key(manifest)
+        changed = [k for k in new if old.get(k) != new[k]]
+        if previous.get("version") != MANIFEST_VERSION or changed:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed) or "manifest version"
+            raise ValueError(f"{out} holds a rerank of other inputs, model or settings ({detail}); use another --out "
+                             "or --overwrite to start again.")
+        return previous
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and has no {MANIFEST}; use another --out or --overwrite.")
+    (out / SCORES_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+def _lock(out: Path):
+    """An exclusive lock on ``out`` for this process's lifetime (released by the kernel if it is killed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FileExistsError(f"another zerank rerank is writing {out}.") from None
+    return handle
+
+
+def assemble_run(out: Path, candidates: Candidates, shards: Sequence[Shard], fmt: str) -> Run:
+    """Every shard's raw logits as a run, checking each file holds exactly its shard's pairs."""
+    run: Run = {}
+    for shard in shards:
+        table = read_scores(out / shard.file(fmt))
+        expected = ([candidates.query_ids[i] for i in shard.rows], [candidates.doc_ids[i] for i in shard.rows])
+        if (table.column("query_id").to_pylist(), table.column("doc_id").to_pylist()) != expected:
+            raise ValueError(f"{out / shard.file(fmt)} does not hold the pairs of {shard.name} of {out / MANIFEST}; "
+                             "delete it to score the shard again.")
+        for qid, doc_id, raw in zip(*expected, table.column("raw_logit").to_pylist()):
+            run.setdefault(qid, {})[doc_id] = raw
+    return run
+
+
+# --- engines ---
+
+# One shard's work: (shard index, its pairs).
+Work = tuple[int, list[tuple[str, str]]]
+# Called with (shard index, raw logits, dtype the scorer ran in) as each shard is finished.
+Accept = Callable[[int, np.ndarray, str], None]
+
+
+def _dtype_name(model: CrossEncoder) -> str:
+    return str(next(model.model.parameters()).dtype).removeprefix("torch.")
+
+
+def _load(model_args: ModelArguments, seed: int) -> CrossEncoder:
+    torch.manual_seed(seed)
+    return load_from_arguments(model_args)
+
+
+def score_local(work: Sequence[Work], accept: Accept, bar: tqdm, model_args: ModelArguments,
+                scoring_args: ScoringArguments, seed: int) -> dict:
+    """Score the shards one after the other with one model in this process."""
+    model = _load(model_args, seed)
+    dtype = _dtype_name(model)
+    for index, pairs in work:
+        raw = score_shard(model, pairs, max_batch_tokens=model_args.max_batch_tokens,
+                          batch_size=scoring_args.batch_size, instruction=scoring_args.instruction,
+                          progress=bar.update)
+        accept(index, raw, dtype)
+    return {"device": str(model.device), "workers": 1}
+
+
+class ShardScorer:
+    """A Ray Data actor: loads the model once, then scores batches of whole shards with :func:`score_shard`."""
+
+    def __init__(self, model_args: ModelArguments, scoring_args: ScoringArguments, seed: int,
+                 threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = _load(model_args, seed)
+        self.max_batch_tokens = model_args.max_batch_tokens
+        self.scoring_args = scoring_args
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        raws = [score_shard(self.model, list(zip(queries, documents)), max_batch_tokens=self.max_batch_tokens,
+                            batch_size=self.scoring_args.batch_size, instruction=self.scoring_args.instruction)
+                for queries, documents in zip(batch.column("query").to_pylist(),
+                                              batch.column("document").to_pylist())]
+        n = len(raws)
+        return pa.table({"shard": batch.column("shard"), "raw_logit": pa.array(raws, type=pa.list_(pa.float32())),
+                         "dtype": [_dtype_name(self.model)] * n, "device": [str(self.model.device)] * n})
+
+
+def score_ray(work: Sequence[Work], accept: Accept, bar: tqdm, model_args: ModelArguments,
+              scoring_args: ScoringArguments, seed: int, args: RerankArguments,
+              scorer: type = ShardScorer) -> dict:
+    """Score the shards on a Ray Data actor pool: one dataset row per shard, ``map_batches`` with one shard per
+    call. Joins the Ray instance of this process, the cluster at ``--ray-address``, or starts a local one.
+
+    ``scorer`` is the actor class: :class:`ShardScorer`'s constructor arguments, and its batches in and out."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("--engine ray needs Ray Data: pip install 'zerank[rerank]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.ray_address, include_dashboard=False)
+    try:
+        resources = ray.cluster_resources()
+        if args.workers is not None:
+            workers = args.workers
+        elif args.gpus_per_worker > 0:
+            workers = int(resources.get("GPU", 0) // args.gpus_per_worker)
+        else:
+            workers = int(resources.get("CPU", 0) // args.cpus_per_worker)
+        workers = max(1, min(workers, len(work)))
+        logger.info("Ray: %d actor(s) of %s CPU and %s GPU on a cluster of %s", workers, args.cpus_per_worker,
+                    args.gpus_per_worker, {k: resources[k] for k in ("CPU", "GPU") if k in resources})
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts pairs
+        threads = None if args.gpus_per_worker > 0 else max(1, int(args.cpus_per_worker))
+        dataset = ray.data.from_items(
+            [{"shard": index, "query": [q for q, _ in pairs], "document": [d for _, d in pairs]}
+             for index, pairs in work]
+        ).map_batches(
+            scorer, fn_constructor_kwargs={"model_args": model_args, "scoring_args": scoring_args, "seed": seed,
+                                           "threads": threads},
+            batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker or None,
+        )
+        devices = set()
+        for row in dataset.iter_rows():
+            raw = np.asarray(row["raw_logit"], dtype=np.float32)
+            accept(int(row["shard"]), raw, row["dtype"])
+            devices.add(row["device"])
+            bar.update(len(raw))
+    finally:
+        if started:
+            ray.shutdown()
+    return {"device": ",".join(sorted(devices)), "workers": workers, "ray_address": args.ray_address}
+
+
+# --- the command ---
+
+
+def new_manifest(candidates: Candidates, shards: Sequence[Shard], args: RerankArguments,
+                 model_args: ModelArguments, scoring_args: ScoringArguments) -> dict:
+    """The manifest of a run that has scored nothing yet (the model must be a zerank package: its T and b)."""
+    model_dir = resolve_model_dir(model_args.model)
+    if read_config(str(model_dir)).get("model_type") != "zerank":
+        raise ValueError(f"{model_args.model} is not a zerank package (its config.json's model_type is not "
+                         "'zerank'): zerank rerank writes zerank's raw logit and calibrated score.")
+    config = ZerankConfig.from_pretrained(model_dir)
+    return {
+        "version": MANIFEST_VERSION,
+        "input": {"sources": candidates.sources, "fingerprint": candidates.fingerprint(),
+                  "queries": len(candidates.rows_by_query()), "pairs": len(candidates)},
+        "model": {"name": model_args.model, "fingerprint": model_fingerprint(model_dir),
+                  "score_temperature": float(config.score_temperature), "score_bias": float(config.score_bias),
+                  "dtype": model_args.dtype, "max_length": model_args.max_length,
+                  "instruction": scoring_args.instruction},
+        "scored_dtype": None,
+        "output": {"format": args.format, "shard_pairs": args.shard_pairs, "columns": SCORE_SCHEMA.names,
+                   "run": RUN_FILE, "scores": SCORES_DIR},
+        "shards": [{"name": s.name, "file": s.file(args.format), "queries": s.queries, "pairs": len(s.rows)}
+                   for s in shards],
+        "complete": False,
+        "sessions": [],
+    }
+
+
+def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: ScoringArguments, *,
+           ray_scorer: type = ShardScorer) -> dict:
+    """Score every pending shard of ``args.out`` with the chosen engine, then write ``reranked.trec``.
+
+    ``ray_scorer``: the Ray actor class (another scoring backend, e.g. vLLM on the exported model, in place of
+    :class:`ShardScorer`; see the README). The manifest still fingerprints ``model_args.model``.
+
+    Returns the manifest (with this session's record last)."""
+    began = time.perf_counter()
+    candidates = read_candidates(args)
+    shards = plan_shards(candidates, args.shard_pairs)
+    manifest = new_manifest(candidates, shards, args, model_args, scoring_args)
+    temperature, bias = manifest["model"]["score_temperature"], manifest["model"]["score_bias"]
+    out = args.out
+    lock = _lock(out)
+    try:
+        manifest = open_output(out, manifest, args.overwrite)
+        for stale in (out / SCORES_DIR).glob(".*.tmp"):  # left by a killed run (never a shard a reader takes)
+            stale.unlink()
+        pending = [s for s in shards if not (out / s.file(args.format)).exists()]
+        pending_pairs = sum(len(s.rows) for s in pending)
+        logger.info("%s: %d pairs of %d queries in %d shards; %d shard(s) (%d pairs) to score with the %s engine",
+                    out, len(candidates), manifest["input"]["queries"], len(shards), len(pending), pending_pairs,
+                    args.engine)
+
+        first_shard: dict[str, float] = {}  # when the first shard came back, and its pairs
+
+        def accept(index: int, raw: np.ndarray, dtype: str) -> None:
+            first_shard.setdefault("at", time.perf_counter())
+            first_shard.setdefault("pairs", len(raw))
+            if manifest["scored_dtype"] is None:
+                manifest["scored_dtype"] = dtype
+                atomic_write_json(out / MANIFEST, manifest)
+            elif manifest["scored_dtype"] != dtype:
+                raise ValueError(f"the shards of {out} were scored in {manifest['scored_dtype']}, this run scores in "
+                                 f"{dtype}: pass --dtype {manifest['scored_dtype']} or use another --out.")
+            shard = shards[index]
+            atomic_write_bytes(out / shard.file(args.format),
+                               table_bytes(shard_table(candidates, shard, raw, temperature, bias), args.format))
+
+        session = {"engine": args.engine, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "shards_scored": len(pending), "pairs_scored": pending_pairs}
+        scoring_began = time.perf_counter()
+        if pending:
+            work = [(s.index, [(candidates.queries[i], candidates.documents[i]) for i in s.rows]) for s in pending]
+            with tqdm(total=pending_pairs, desc="Reranking", unit="pair", disable=not args.progress) as bar:
+                if args.engine == "ray":
+                    session |= score_ray(work, accept, bar, model_args, scoring_args, args.seed, args, ray_scorer)
+                else:
+                    session |= score_local(work, accept, bar, model_args, scoring_args, args.seed)
+        seconds = time.perf_counter() - scoring_began
+        # After the first shard, model loading (and Ray's start-up) is behind: the rate the run goes on at.
+        steady_pairs = pending_pairs - first_shard.get("pairs", pending_pairs)
+        steady_s = scoring_began + seconds - first_shard.get("at", 0.0)
+        session |= {"scoring_s": round(seconds, 3),
+                    "pairs_per_s": round(pending_pairs / seconds, 2) if pending_pairs and seconds > 0 else None,
+                    "first_shard_s": round(first_shard["at"] - scoring_began, 3) if first_shard else None,
+                    "steady_pairs_per_s": round(steady_pairs / steady_s, 2) if steady_pairs and steady_s > 0 else None,
+                    "settings": {"max_batch_tokens": model_args.max_batch_tokens, "batch_size": scoring_args.batch_size,
+                                 "device": model_args.device},
+                    "versions": library_versions(("torch", "transformers", "sentence-transformers", "pyarrow", "ray"))}
+        run = assemble_run(out, candidates, shards, args.format)
+        write_trec_run(run, out / RUN_FILE, args.tag or Path(model_args.model.rstrip("/")).name or "zerank")
+        session["wall_s"] = round(time.perf_counter() - began, 3)
+        manifest["complete"] = True
+        manifest["sessions"].append(session)
+        atomic_write_json(out / MANIFEST, manifest)
+    finally:
+        lock.close()
+    logger.info("Scored %d pairs in %.1fs (%s pairs/s); wrote %s and %s", pending_pairs, seconds,
+                session["pairs_per_s"], out / RUN_FILE, out / SCORES_DIR)
+    return manifest
+
+
+def main(args: RerankArguments, model_args: ModelArguments, scoring_args: ScoringArguments) -> dict:
+    """``zerank rerank``."""
+    return rerank(args, model_args, scoring_args)
