@@ -1,5 +1,5 @@
-"""zerank finetune (zerank.training.trainer): learning a synthetic task, the saved package, resume, LoRA/merge, data formats,
-the trainer flags."""
+"""zerank finetune (zerank.training): learning a synthetic task, the saved package, resume, LoRA/merge, data formats,
+the trainer flags parsed in one pass with the command's own."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, shared_dir
 from evaluate_data import write_synthetic_beir
+from transformers import HfArgumentParser
 
-from zerank.training import trainer as training
 from zerank.cli import main as cli_main
 from zerank.model.package import PACKAGE_FILES
+from zerank.training import examples, losses
+from zerank.training import trainer as training
+from zerank.training.arguments import FinetuneArguments
+from zerank.training.training_args import ZerankTrainingArguments, resume_target
+from zerank.utils.arguments import FirstStageArguments
 
 # A random tiny model learns the synthetic task (the relevant documents repeat a rare word) in a few dozen steps with
 # a high learning rate (measured on three data/training seeds: pairwise loss, 16 steps: held-out NDCG@10 +0.30 to
@@ -32,9 +37,15 @@ print(json.dumps(model.predict(pairs, activation_fn=torch.nn.Identity()).tolist(
 """
 
 
+def parse(argv: list[str]) -> tuple:
+    """``zerank finetune ARGV``'s dataclasses, parsed in one pass as the command line does."""
+    parser = HfArgumentParser((FinetuneArguments, FirstStageArguments, ZerankTrainingArguments))
+    return parser.parse_args_into_dataclasses(list(argv), look_for_args_file=False)
+
+
 def main(argv: list[str]):
     """``zerank finetune ARGV`` in this process (so a test can patch zerank.training.trainer); returns its report."""
-    return cli_main(["finetune", *argv])
+    return training.main(*parse(argv))
 
 
 def fresh_process_logits(folder, probe_file) -> np.ndarray:
@@ -194,7 +205,7 @@ def test_elo_mse_loss_regresses_sigmoid_of_the_score_on_its_elo_targets(tiny_cro
     from zerank.model.scoring import score_pairs
 
     documents, targets = ["zorvex notes zorvex", "general filler text"], [0.8, 0.1]
-    loss = training.make_loss("elo-mse", tiny_cross_encoder, None)
+    loss = losses.make_loss("elo-mse", tiny_cross_encoder, None)
     with torch.no_grad():
         value = loss([["what is zorvex"] * 2, documents], torch.tensor(targets))
     logits = score_pairs(tiny_cross_encoder, [("what is zorvex", d) for d in documents], output="logit")
@@ -203,31 +214,29 @@ def test_elo_mse_loss_regresses_sigmoid_of_the_score_on_its_elo_targets(tiny_cro
 
 
 def test_elo_data_trains_on_the_elo_queries_that_are_not_held_out(synthetic, tmp_path):
-    from zerank.training.arguments import FinetuneArguments
     from zerank.evaluation.first_stage import BM25Settings, FirstStage
 
     elo = tmp_path / "elo.jsonl"
     rows = [("q0", "d0-pos0", 2.0), ("q0", "d0-neg1", -1.0), ("q0", "nowhere", 0.0), ("q1", "d1-pos1", 0.5),
             ("q55", "d55-pos0", 1.0), ("unknown", "d0-pos0", 1.0)]  # q55 is judged in the test split
     elo.write_text("".join(json.dumps({"query_id": q, "doc_id": d, "elo": e}) + "\n" for q, d, e in rows))
-    args = FinetuneArguments(model="unused", data=synthetic, output_dir=tmp_path / "out", loss="elo-mse", elo=elo,
-                             eval_top_k=5)
-    groups, heldout = training.elo_data(args, FirstStage(bm25=BM25Settings(stemmer="none")), 0)
+    args = FinetuneArguments(model="unused", data=synthetic, loss="elo-mse", elo=elo, eval_top_k=5)
+    groups, heldout = examples.elo_data(args, FirstStage(bm25=BM25Settings(stemmer="none")), 0)
     assert "q55" in heldout.qrels and len(heldout.qrels) == 12
     assert [len(g.documents) for g in groups] == [2, 1]
     np.testing.assert_allclose(groups[0].grades, 1 / (1 + np.exp(-np.array([2.0, -1.0]))))
 
 
 def test_elo_mse_needs_its_elo_file(synthetic, tiny_model_dir, tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--loss elo-mse and --elo go together"):
         main(["--model", str(tiny_model_dir), "--data", str(synthetic), "--output-dir", str(tmp_path),
               "--loss", "elo-mse"])
     elo = tmp_path / "elo.jsonl"
     elo.write_text(json.dumps({"query_id": "q0", "doc_id": "d0-pos0", "elo": 1.0}) + "\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--loss elo-mse and --elo go together"):
         main(["--model", str(tiny_model_dir), "--data", str(synthetic), "--output-dir", str(tmp_path),
               "--elo", str(elo)])
-    assert training.training_dataset([training.Group("q", ["a", "b"], [0.7, 0.2])], "elo-mse", 1).to_dict() == \
+    assert losses.training_dataset([examples.Group("q", ["a", "b"], [0.7, 0.2])], "elo-mse", 1).to_dict() == \
         {"query": ["q", "q"], "document": ["a", "b"], "label": [0.7, 0.2]}
 
 
@@ -250,9 +259,9 @@ def test_jsonl_data_with_a_listwise_loss(tiny_model_dir, tmp_path):
 
 
 def test_bad_arguments_name_the_problem(tiny_model_dir, synthetic, tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--merge needs --lora"):
         main(["--model", str(tiny_model_dir), "--data", str(synthetic), "--output-dir", str(tmp_path), "--merge"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="missing does not exist"):
         main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
     other = tmp_path / "bert"
     other.mkdir()
@@ -278,42 +287,39 @@ def test_short_run_on_scifact_writes_its_report(tiny_model_dir, tmp_path):
 
 
 def test_trainer_flags_take_the_command_defaults_and_run_four_evaluations(tmp_path):
-    flags = training.parse_trainer_flags(["--max-steps", "40", "--seed", "3", "--use-cpu"])
-    assert flags.given == {"max_steps", "seed", "use_cpu"}
-    assert flags.values["learning_rate"] == 2e-5 and flags.values["per_device_train_batch_size"] == 16
-    assert flags.values["num_train_epochs"] == 1.0 and flags.values["bf16"] is False  # --use-cpu: no bf16
-    args = training.training_arguments(flags, tmp_path / "checkpoints", steps_hint=40, has_evaluator=True)
+    run = ["--model", "unused", "--data", str(tmp_path), "--output-dir", str(tmp_path)]
+    _, _, flags = parse([*run, "--max-steps", "40", "--seed", "3", "--use-cpu"])
+    assert flags.learning_rate == 2e-5 and flags.per_device_train_batch_size == 16
+    assert flags.num_train_epochs == 1.0 and flags.bf16 is False  # --use-cpu: no bf16
+    args = flags.trainer_arguments(total_steps=40, has_evaluator=True)
     assert args.output_dir == str(tmp_path / "checkpoints") and args.max_steps == 40
     assert args.eval_strategy == "steps" and args.eval_steps == 10 and args.save_steps == 10
     assert args.seed == 3 and args.data_seed == 3 and args.warmup_steps == 0.1
-    given = training.parse_trainer_flags(["--eval-steps", "5", "--gradient-checkpointing", "--data-seed", "7"])
-    args = training.training_arguments(given, tmp_path, steps_hint=40, has_evaluator=False)
+    _, _, given = parse([*run, "--eval-steps", "5", "--gradient-checkpointing", "--data-seed", "7"])
+    args = given.trainer_arguments(total_steps=40, has_evaluator=False)
     assert args.eval_strategy == "no" and args.eval_steps == 5 and args.save_steps == 5 and args.data_seed == 7
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
-    assert training.resume_target("latest") is True and training.resume_target("run/checkpoint-4") == "run/checkpoint-4"
+    assert resume_target("latest") is True and resume_target("run/checkpoint-4") == "run/checkpoint-4"
 
 
 def test_graded_jsonl_rows_keep_their_grades(tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps({"query": "a", "document": "x", "label": 2}) + "\n"
                     + json.dumps({"query": "b", "positive": "p", "negatives": ["n1", "n2"]}) + "\n")
-    assert training.jsonl_graded_pairs(data, 1) == [("a", "x", 2.0), ("b", "p", 1.0), ("b", "n1", 0.0),
+    assert examples.jsonl_graded_pairs(data, 1) == [("a", "x", 2.0), ("b", "p", 1.0), ("b", "n1", 0.0),
                                                     ("b", "n2", 0.0)]
     data.write_text(json.dumps({"query": "a", "text": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"rows.jsonl:1: expected \{query, document, label\}"):
-        training.jsonl_graded_pairs(data, 1)
+        examples.jsonl_graded_pairs(data, 1)
 
 
-def test_unknown_trainer_flags_are_usage_errors_and_trainer_help_lists_the_trainer_flags(tiny_model_dir, synthetic,
-                                                                                          tmp_path):
-    command = [sys.executable, "-m", "zerank.cli", "finetune", "--model", str(tiny_model_dir), "--data",
-               str(synthetic), "--output-dir", str(tmp_path / "out")]
-    done = subprocess.run([*command, "--batch-size", "4", "--no-such-flag"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, check=False)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "unrecognized arguments: --batch-size 4 --no-such-flag" in done.stderr
+def test_unknown_trainer_flags_are_usage_errors_and_the_help_lists_the_trainer_flags(tiny_model_dir, synthetic,
+                                                                                       tmp_path):
+    command = ["--model", str(tiny_model_dir), "--data", str(synthetic), "--output-dir", str(tmp_path / "out")]
+    unused = r"not used by the HfArgumentParser: \['--batch-size', '4', '--no-such-flag'\]"
+    with pytest.raises(ValueError, match=unused):
+        main([*command, "--batch-size", "4", "--no-such-flag"])
     assert not (tmp_path / "out").exists()  # refused before any work
-    done = subprocess.run([*command, "--trainer-help"], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "--per-device-train-batch-size" in done.stdout and "--resume-from-checkpoint" in done.stdout
+    help_text = HfArgumentParser((FinetuneArguments, FirstStageArguments, ZerankTrainingArguments)).format_help()
+    assert "--per-device-train-batch-size" in help_text and "--resume-from-checkpoint" in help_text
+    assert "--negatives-per-query" in help_text and "--bm25-stemmer" in help_text

@@ -15,29 +15,13 @@ ELO_PRIOR_SD = 3.0  # zerank elo: N(0, sd^2) prior on every rating (log-odds uni
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-# CrossEncoderTrainingArguments defaults that `zerank finetune` changes (all its other fields keep the library's).
-TRAINER_DEFAULTS = {
-    "num_train_epochs": 1.0,
-    "optim": "adamw_torch",
-    "seed": 0,
-    "learning_rate": 2e-5,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 32,
-    "warmup_steps": 0.1,  # a float below 1 is a share of the steps
-    "weight_decay": 0.01,
-    "save_total_limit": 2,
-    "logging_steps": 10,
-    "report_to": "none",
-}
-
-
 @dataclass
 class FinetuneArguments:
-    """zerank finetune: data, model and LoRA settings; the trainer's own flags are CrossEncoderTrainingArguments'."""
+    """zerank finetune: data, model and LoRA settings; the trainer's flags (``--output-dir`` among them) are
+    :class:`zerank.training.training_args.ZerankTrainingArguments`'."""
 
     model: str = field(metadata={"help": "zerank folder or hub id, or a Qwen3ForCausalLM checkpoint."})
     data: Path = field(metadata={"help": "BEIR folder or jsonl file of training data."})
-    output_dir: Path = field(metadata={"help": "Where checkpoints, final/ and reports go."})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer for building a Qwen3 checkpoint "
                                                                   "(default: the checkpoint's)."})
     train_split: str = field(default="train", metadata={"help": "BEIR: qrels split to train on."})

@@ -1,11 +1,12 @@
 """Fine-tune zerank on your data with sentence-transformers' CrossEncoderTrainer, then recalibrate and package it.
 
 Starts from a zerank folder or hub id (or a Qwen3 causal-LM checkpoint, which is first built into <out>/base by
-:func:`zerank.packaging.convert.build`). Training examples are queries with their relevant documents and hard negatives, mined
-from a first stage (BM25 by default) of a BEIR folder, or read from jsonl. A held-out part is kept aside: NDCG@10 of
-reranking its first-stage candidates is measured before and after training (trec_eval, as ``zerank evaluate``), it
-drives the CrossEncoderRerankingEvaluator during training, and the score temperature and bias are refitted on it at
-the end (as ``zerank calibrate``), so a score keeps its meaning after fine-tuning.
+:func:`zerank.packaging.convert.build`). Training examples (:mod:`zerank.training.examples`) are queries with their
+relevant documents and hard negatives, mined from a first stage (BM25 by default) of a BEIR folder, or read from
+jsonl. A held-out part is kept aside: NDCG@10 of reranking its first-stage candidates is measured before and after
+training (trec_eval, as ``zerank evaluate``), it drives the CrossEncoderRerankingEvaluator during training, and the
+score temperature and bias are refitted on it at the end (as ``zerank calibrate``), so a score keeps its meaning
+after fine-tuning.
 
 Command:
     zerank finetune --model build/zerank-1 --data ../shared/data/ir/scifact --output-dir runs/ft \\
@@ -17,7 +18,8 @@ Command:
 Every field of sentence-transformers' ``CrossEncoderTrainingArguments`` is a flag as well (``--max-steps``,
 ``--num-train-epochs``, ``--learning-rate``, ``--per-device-train-batch-size``, ``--warmup-steps``, ``--bf16``,
 ``--gradient-checkpointing``, ``--resume-from-checkpoint latest``, ``--use-cpu``, ``--seed``, ...; ``zerank finetune
-... --trainer-help`` lists them). ``zerank.arguments.TRAINER_DEFAULTS`` holds the defaults that differ from the
+--help`` lists them), parsed in one pass with the command's own flags into
+:class:`zerank.training.training_args.ZerankTrainingArguments`, which holds the defaults that differ from the
 library's; ``--bf16`` is on by default on a GPU that supports it. The trainer's ``--seed`` seeds everything: the
 negative sampling, the held-out split and the training (``data_seed`` too). Checkpoints go to
 ``<output-dir>/checkpoints``; without ``--eval-steps``/``--save-steps``, the held-out evaluator runs and a checkpoint
@@ -34,7 +36,8 @@ Data:
 Losses: bce (pointwise binary cross-entropy on the logit), lambda (LambdaLoss, listwise, NDCG-weighted),
 listnet (ListNet, listwise), ranknet (pairwise logistic loss on score differences: Bradley-Terry, as zELO) and
 elo-mse (zELO's pointwise step: the 0..1 score regresses sigmoid(Elo) of ``zerank elo``'s scores, MSE; every
-document of --elo's training queries is an example, no labels or negatives needed; see :mod:`zerank.training.zelo_commands`).
+document of --elo's training queries is an example, no labels or negatives needed; see
+:mod:`zerank.training.zelo_commands`); :mod:`zerank.training.losses` builds them.
 
 Outputs in --output-dir (files written atomically): final/ (a complete zerank package with a model card that lists
 the training details; with --lora and no --merge, the adapter), adapter/ (with --lora), checkpoints/, report.json
@@ -44,361 +47,46 @@ few held-out pairs and the final model's logits for them, to check a copy of the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import random
-import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from sentence_transformers import CrossEncoder
-from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments, losses
+from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
-from zerank.packaging.arguments import BuildArguments
-from zerank.training.arguments import TRAINER_DEFAULTS, FinetuneArguments
-from zerank.utils.arguments import FirstStageArguments
-from zerank.evaluation.calibration import calibrate, calibration_markdown
-from zerank.packaging.convert import build
-from zerank.data.readers import (
-    BeirDataset,
-    LabelledPairs,
-    Qrels,
-    Run,
-    holdout_mask,
-    load_beir,
-    pairs_from_beir,
-    pairs_from_jsonl,
-    ranked,
-    select_queries,
-)
-from zerank.evaluation.evaluate import cross_encoder_scorer, evaluation_markdown, rerank
-from zerank.model.loading import load_reranker, peak_memory, resolve_dtype
-from zerank.evaluation.metrics import evaluate_run
-from zerank.model.package import (
-    AUTO_MAP,
-    CARD_FILE,
-    TEMPLATE_FILE,
-    copy_package_files,
-    is_hub_id,
-    missing_package_files,
-    read_config,
-    render_model_card,
-)
+from zerank.data.readers import holdout_mask
+from zerank.evaluation.calibration import calibrate
+from zerank.evaluation.evaluate import cross_encoder_scorer, rerank
 from zerank.evaluation.first_stage import FirstStage
+from zerank.evaluation.metrics import evaluate_run
+from zerank.model.loading import load_reranker, peak_memory, resolve_dtype
+from zerank.model.package import read_config
 from zerank.model.scoring import score_pairs
-from zerank.utils.system import atomic_write_bytes, atomic_write_json, atomic_write_text, library_versions
-from zerank.training.zelo import elo_target, read_elo
+from zerank.packaging.arguments import BuildArguments
+from zerank.packaging.convert import build
+from zerank.training.arguments import FinetuneArguments
+from zerank.training.examples import HeldOut, beir_data, elo_data, jsonl_data
+from zerank.training.final_package import save_final
+from zerank.training.losses import make_loss, training_dataset
+from zerank.training.training_args import ZerankTrainingArguments, resume_target
+from zerank.utils.arguments import FirstStageArguments
+from zerank.utils.system import atomic_write_json, library_versions
 
 logger = logging.getLogger(__name__)
 
-TRAINER_HELP_FLAG = "--trainer-help"
-CHECKPOINTS_DIR = "checkpoints"
-EVALUATIONS_PER_RUN = 4  # default --eval-steps/--save-steps: this many evaluations and checkpoints over the run
 PROBE_SIZE = 16  # held-out pairs scored by the final model and its reloaded copy (probe.json)
-USAGE = "zerank finetune --model MODEL --data DATA --output-dir OUTPUT_DIR [options] [trainer options]"
-# Trainer settings zerank finetune chooses when the command line does not (see training_arguments).
-CHOSEN = frozenset({"bf16", "eval_strategy", "eval_steps", "save_strategy", "save_steps", "data_seed", "max_steps",
-                    "use_cpu", "activation_checkpointing", "ddp_find_unused_parameters"})
-_UNSET = object()  # marks the trainer flags the command line did not give
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Group:
-    """One training query: its documents and their grades (relevant first)."""
-
-    query: str
-    documents: list[str]
-    grades: list[float]
-
-
-@dataclass
-class HeldOut:
-    """Held-out queries (a BEIR split: texts and judgments) with the first-stage candidates to rerank."""
-
-    dataset: BeirDataset
-    candidates: Run
-
-    @property
-    def split(self) -> str:
-        return self.dataset.split
-
-    @property
-    def qrels(self) -> Qrels:
-        return self.dataset.qrels
-
-    def labelled_pairs(self, relevance_level: int) -> LabelledPairs:
-        """Judged-relevant documents (label 1) and the candidates that are not (label 0), grouped by query id."""
-        return pairs_from_beir(self.dataset, self.dataset.judged_query_ids, self.candidates,
-                               relevance_level=relevance_level)
-
-    def evaluator_samples(self, relevance_level: int) -> list[dict]:
-        """Samples for CrossEncoderRerankingEvaluator: the candidates in first-stage order and the positives."""
-        samples = []
-        for qid, judged in self.qrels.items():
-            positives = [self.dataset.document(d) for d, g in judged.items()
-                         if g >= relevance_level and d in self.dataset.corpus]
-            documents = [self.dataset.document(d) for d, _ in ranked(self.candidates.get(qid, {}))]
-            if positives and documents:
-                samples.append({"query": self.dataset.queries[qid], "positive": positives, "documents": documents})
-        return samples
-
-
-def beir_split(args: FinetuneArguments, first_stage: FirstStage,
-               seed: int) -> tuple[BeirDataset, list[str], HeldOut]:
-    """The training split with its training query ids, and the held-out part: --eval-split's judged queries (those
-    not trained on) if it exists, else a seeded --holdout-fraction of the training split's judged queries."""
-    train = load_beir(args.data, args.train_split)
-    train_ids = select_queries(train, args.max_train_queries)
-    eval_split_exists = (args.data / "qrels" / f"{args.eval_split}.tsv").exists() and \
-        args.eval_split != args.train_split
-    if eval_split_exists:
-        held = load_beir(args.data, args.eval_split)
-        training_queries = set(train_ids)
-        held_ids = [q for q in held.judged_query_ids if q not in training_queries]
-        if len(held_ids) < len(held.judged_query_ids):
-            logger.warning("%d queries judged in both splits are kept out of training's held-out part",
-                           len(held.judged_query_ids) - len(held_ids))
-    else:
-        logger.info("No split %r: holding out %.0f%% of the %r queries", args.eval_split,
-                    100 * args.holdout_fraction, args.train_split)
-        mask = holdout_mask(train_ids, args.holdout_fraction, seed)
-        held, held_ids = train, [q for q, m in zip(train_ids, mask) if m]
-        train_ids = [q for q, m in zip(train_ids, mask) if not m]
-    held_ids = held_ids[: args.eval_max_queries] if args.eval_max_queries else held_ids
-    held_part = held.subset(held_ids)
-    if not eval_split_exists:
-        held_part = dataclasses.replace(held_part, split="held out")
-    return train, train_ids, HeldOut(held_part, first_stage.retrieve(held, held_ids, args.eval_top_k))
-
-
-def beir_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[list[Group], HeldOut]:
-    """Training groups (judged positives + hard negatives mined from the first stage) and the held-out part."""
-    rng = random.Random(seed)
-    train, train_ids, heldout = beir_split(args, first_stage, seed)
-    logger.info("Mining %d hard negatives per query from the top %d of %s", args.negatives_per_query,
-                args.mine_top_k, first_stage.describe())
-    pool = first_stage.retrieve(train, train_ids, args.mine_top_k)
-    groups = []
-    for qid in train_ids:
-        judged = train.qrels[qid]
-        positives = [d for d, g in judged.items() if g >= args.relevance_level and d in train.corpus]
-        candidates = [d for d, _ in ranked(pool.get(qid, {})) if judged.get(d, 0) < args.relevance_level]
-        negatives = rng.sample(candidates, min(args.negatives_per_query, len(candidates)))
-        if not positives or not negatives:
-            continue
-        docs = positives + negatives
-        groups.append(Group(train.queries[qid], [train.document(d) for d in docs],
-                            [float(judged.get(d, 0)) for d in docs]))
-    return groups, heldout
-
-
-def elo_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[list[Group], HeldOut]:
-    """Training groups of --loss elo-mse: every document of --elo's queries (but the held-out ones) with its target
-    :func:`zerank.training.zelo.elo_target` as grade, and the held-out part (as for the other losses)."""
-    train, _, heldout = beir_split(args, first_stage, seed)
-    scores = read_elo(args.elo)
-    held_ids = set(heldout.qrels)
-    unknown = sorted(q for q in scores if q not in train.queries)
-    missing_docs = sum(1 for docs in scores.values() for d in docs if d not in train.corpus)
-    if unknown or missing_docs:
-        logger.warning("%s: %d queries not in %s/queries.jsonl and %d documents not in its corpus are skipped",
-                       args.elo, len(unknown), args.data, missing_docs)
-    skipped = sorted(q for q in scores if q in held_ids)
-    if skipped:
-        logger.info("%d queries of %s are held out: not trained on", len(skipped), args.elo)
-    query_ids = [q for q in scores if q in train.queries and q not in held_ids]
-    query_ids = query_ids[: args.max_train_queries] if args.max_train_queries else query_ids
-    groups = []
-    for qid in query_ids:
-        docs = [d for d in scores[qid] if d in train.corpus]
-        if docs:
-            targets = elo_target([scores[qid][d] for d in docs]).tolist()
-            groups.append(Group(train.queries[qid], [train.document(d) for d in docs], targets))
-    return groups, heldout
-
-
-def jsonl_graded_pairs(path: Path, relevance_level: int) -> list[tuple[str, str, float]]:
-    """(query, document, grade) of every pair of a jsonl file, in file order (:func:`zerank.data.readers.pairs_from_jsonl`:
-    a ``{query, positive, negatives}`` row's positive is graded ``max(1, relevance_level)``, its negatives 0)."""
-    pairs = pairs_from_jsonl(path, label_threshold=relevance_level)
-    return list(zip(pairs.queries, pairs.documents, pairs.grades.tolist()))
-
-
-def _by_query(rows: Sequence[tuple[str, str, float]]) -> dict[str, list[tuple[str, float]]]:
-    """Each query's (document, grade) rows, queries in order of first appearance."""
-    grouped: dict[str, list[tuple[str, float]]] = {}
-    for query, document, grade in rows:
-        grouped.setdefault(query, []).append((document, grade))
-    return grouped
-
-
-def jsonl_data(args: FinetuneArguments, seed: int) -> tuple[list[Group], HeldOut]:
-    """Training groups and the held-out part (file order is its first-stage order) of jsonl data."""
-    rows = _by_query(jsonl_graded_pairs(args.data, args.relevance_level))
-    if args.eval_data:
-        held_rows = _by_query(jsonl_graded_pairs(args.eval_data, args.relevance_level))
-        held_order = list(held_rows)
-        train_order = [q for q in rows if q not in held_rows]
-    else:
-        order = list(rows)
-        mask = holdout_mask(order, args.holdout_fraction, seed)
-        held_order = [q for q, m in zip(order, mask) if m]
-        held_rows, train_order = rows, [q for q, m in zip(order, mask) if not m]
-    train_order = train_order[: args.max_train_queries] if args.max_train_queries else train_order
-    groups = []
-    for query in train_order:
-        docs = sorted(rows[query], key=lambda item: -item[1])  # relevant first
-        if any(g >= args.relevance_level for _, g in docs) and any(g < args.relevance_level for _, g in docs):
-            groups.append(Group(query, [d for d, _ in docs], [g for _, g in docs]))
-
-    corpus: dict[str, dict[str, str]] = {}
-    queries: dict[str, str] = {}
-    qrels: Qrels = {}
-    candidates: Run = {}
-    for i, query in enumerate(held_order[: args.eval_max_queries] if args.eval_max_queries else held_order):
-        qid = f"q{i}"
-        queries[qid], qrels[qid], candidates[qid] = query, {}, {}
-        for j, (document, grade) in enumerate(held_rows[query]):
-            doc_id = f"q{i}-d{j}"
-            corpus[doc_id] = {"title": "", "text": document}
-            candidates[qid][doc_id] = float(-j)  # the file order is the first-stage order
-            qrels[qid][doc_id] = int(grade)
-    name = (args.eval_data or args.data).name
-    return groups, HeldOut(BeirDataset(name, "held out", corpus, queries, qrels), candidates)
-
-
-def training_dataset(groups: Sequence[Group], loss: str, relevance_level: int) -> Dataset:
-    """A datasets.Dataset in the layout the loss reads: pairs with 0/1 labels for bce, pairs with their Elo targets
-    (the groups' grades) for elo-mse, lists for the others."""
-    if loss in ("bce", "elo-mse"):  # elo-mse: the grades are the Elo targets
-        return Dataset.from_dict({
-            "query": [g.query for g in groups for _ in g.documents],
-            "document": [d for g in groups for d in g.documents],
-            "label": [float(grade) if loss == "elo-mse" else float(grade >= relevance_level)
-                      for g in groups for grade in g.grades],
-        })
-    return Dataset.from_dict({"query": [g.query for g in groups], "docs": [g.documents for g in groups],
-                              "labels": [g.grades for g in groups]})
-
-
-def make_loss(name: str, model: CrossEncoder, mini_batch_size: int | None) -> torch.nn.Module:
-    """The sentence-transformers loss called ``name`` (see the module docstring)."""
-    if name == "bce":
-        return losses.BinaryCrossEntropyLoss(model)
-    if name == "elo-mse":  # the 0..1 score, sigmoid(calibrated logit), regresses the target sigmoid(Elo)
-        return losses.MSELoss(model, activation_fn=torch.nn.Sigmoid())
-    cls = {"lambda": losses.LambdaLoss, "listnet": losses.ListNetLoss, "ranknet": losses.RankNetLoss}[name]
-    return cls(model, mini_batch_size=mini_batch_size)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Trainer flags
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def trainer_parser() -> HfArgumentParser:
-    """The parser of CrossEncoderTrainingArguments with zerank finetune's defaults (bf16 on a GPU that has it)."""
-    parser = HfArgumentParser(CrossEncoderTrainingArguments, prog="zerank finetune", usage=USAGE,
-                              description="Trainer options of zerank finetune (sentence-transformers' "
-                                          "CrossEncoderTrainingArguments); `zerank finetune --help` lists the others.")
-    defaults: dict[str, Any] = dict(TRAINER_DEFAULTS)
-    if resolve_dtype("auto") == torch.bfloat16:  # mixed precision follows the one "auto" dtype rule
-        defaults["bf16"] = True
-    parser.set_defaults(**defaults)
-    return parser
-
-
-@dataclass
-class TrainerFlags:
-    """The trainer's settings from the command line: every field's value and the names the command line gave."""
-
-    values: dict[str, Any]
-    given: frozenset[str]
-
-
-def print_trainer_help() -> int:
-    """``zerank finetune --trainer-help``: the trainer's flags (CrossEncoderTrainingArguments), zerank's defaults."""
-    trainer_parser().print_help()
-    return 0
-
-
-def parse_trainer_flags(extra: Sequence[str]) -> TrainerFlags:
-    """Parse the strings zerank finetune's own arguments left over as CrossEncoderTrainingArguments flags.
-
-    Unknown strings and a trainer ``--output-dir`` (the trainer always writes to ``<output-dir>/checkpoints``) are
-    usage errors (SystemExit, exit code 2).
-    """
-    parser = trainer_parser()
-    dests = {action.dest for action in parser._actions if action.dest != "help"}
-    # Parsed into a namespace of markers, so the flags that were given stand apart from the defaults.
-    markers = argparse.Namespace(**dict.fromkeys(dests, _UNSET))
-    namespace, unknown = parser.parse_known_args(list(extra), namespace=markers)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (`zerank finetune --help` lists the command's "
-                     f"options, `{TRAINER_HELP_FLAG}` the trainer's)")
-    given = frozenset(k for k, v in vars(namespace).items() if v is not _UNSET)
-    if "output_dir" in given:
-        parser.error("the trainer writes to <--output-dir>/checkpoints: it takes no --output-dir of its own")
-    values = {k: (parser.get_default(k) if v is _UNSET else v) for k, v in vars(namespace).items()}
-    if values.get("use_cpu") and "bf16" not in given:
-        values["bf16"] = False  # bf16 by default on a GPU only
-    if values.get("fp16") and "bf16" not in given:
-        values["bf16"] = False
-    return TrainerFlags(values, given)
-
-
-def training_arguments(flags: TrainerFlags, output_dir: Path, steps_hint: int,
-                       has_evaluator: bool) -> CrossEncoderTrainingArguments:
-    """CrossEncoderTrainingArguments of the run: the flags, with zerank finetune's own choices where none was given.
-
-    The trainer writes to ``output_dir``; the evaluator runs and a checkpoint is saved every ``steps_hint / 4``
-    steps; ``data_seed`` is ``seed``; ``--gradient-checkpointing`` means activation checkpointing (non-reentrant).
-    """
-    values, given = dict(flags.values), flags.given
-    values["output_dir"] = str(output_dir)
-    every = values["eval_steps"] if "eval_steps" in given and values["eval_steps"] else \
-        max(1, steps_hint // EVALUATIONS_PER_RUN)
-    choices = {"eval_strategy": "steps" if has_evaluator else "no", "eval_steps": every, "save_strategy": "steps",
-               "save_steps": every, "data_seed": values["seed"], "ddp_find_unused_parameters": False}
-    for name, value in choices.items():
-        if name not in given:
-            values[name] = value
-    # transformers deprecates the gradient_checkpointing* names (a FutureWarning): pass them as the new ones.
-    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
-        if values.get(new) is None:
-            values[new] = values.get(old)
-        values[old] = None
-    if values["activation_checkpointing"] and values["activation_checkpointing_kwargs"] is None:
-        values["activation_checkpointing_kwargs"] = {"use_reentrant": False}
-    return CrossEncoderTrainingArguments(**values)
-
-
-def resume_target(value: str | None) -> str | bool | None:
-    """``trainer.train``'s resume_from_checkpoint: ``latest`` = the newest checkpoint of the output folder."""
-    if value is None:
-        return None
-    return True if value == "latest" else value
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model: start, metrics, calibration, package
+# Model: start, metrics, calibration, LoRA
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -445,62 +133,6 @@ def recalibrate(model: CrossEncoder, heldout: HeldOut, relevance_level: int, max
     return result
 
 
-def training_markdown(args: FinetuneArguments, trainer_args: CrossEncoderTrainingArguments, start: str,
-                      report: dict) -> str:
-    """The model card's training section: data, loss, settings and the held-out metrics before and after."""
-    lora = (f"LoRA r={args.lora_r}, alpha={args.lora_alpha}, dropout={args.lora_dropout} on "
-            f"{', '.join(args.lora_target_modules)} (+ the score row){', merged' if args.merge else ''}"
-            ) if args.lora else "full fine-tuning"
-    t = report["training"]
-    before, after = report["before"], report["after"]
-    rows = "\n".join(f"| {name} | {before[name]:.4f} | {after[name]:.4f} |" for name in before)
-    examples = report["data"].get("targets") or f"{args.negatives_per_query} hard negatives per query"
-    return (
-        f"Fine-tuned from `{start}` with `zerank finetune` (sentence-transformers CrossEncoderTrainer): "
-        f"{report['data']['train_queries']} training queries of {report['data']['source']} "
-        f"({report['data']['train_examples']} examples, {examples}), "
-        f"loss `{args.loss}`, {lora}, {t['steps']} steps, learning rate {trainer_args.learning_rate}, batch size "
-        f"{trainer_args.per_device_train_batch_size} x {trainer_args.gradient_accumulation_steps} accumulation, "
-        f"seed {trainer_args.seed}, {t['runtime_s']:.0f}s.\n\n"
-        f"Reranking {report['data']['heldout_queries']} held-out queries (top {args.eval_top_k} of the first stage):"
-        f"\n\n| Metric | Before | After |\n|---|---:|---:|\n{rows}\n"
-    )
-
-
-def complete_package(folder: Path) -> list[str]:
-    """Make sure a saved folder has every file of a zerank package; returns what had to be added."""
-    added = [name for name in missing_package_files(folder) if name != CARD_FILE]
-    if added:
-        if "config.json" in added:
-            raise FileNotFoundError(f"{folder} has no config.json: the model was not saved.")
-        template = folder / TEMPLATE_FILE
-        saved_template = template.read_bytes() if template.exists() else None
-        copy_package_files(folder)
-        if saved_template is not None:  # the tokenizer's own template stays
-            atomic_write_bytes(template, saved_template)
-    auto_map = read_config(str(folder)).get("auto_map") or {}
-    if auto_map.get("AutoModelForSequenceClassification") != AUTO_MAP["AutoModelForSequenceClassification"]:
-        raise ValueError(f"{folder}/config.json has no zerank auto_map: it would not load with trust_remote_code.")
-    return added
-
-
-def write_model_card(folder: Path, model: CrossEncoder, args: FinetuneArguments,
-                     trainer_args: CrossEncoderTrainingArguments, start: str, report: dict) -> None:
-    """README.md of the final folder: the package's card with the training, calibration and evaluation sections."""
-    calibration = calibration_markdown(report["calibration"]) if report.get("calibration_applied") else None
-    evaluation = evaluation_markdown([{
-        "dataset": report["data"]["heldout"], "split": report["data"]["heldout_split"],
-        "queries": report["data"]["heldout_queries"],
-        "first_stage_name": report["data"]["first_stage"], "top_k": args.eval_top_k,
-        "relevance_level": args.relevance_level, "first_stage": report["first_stage"], "reranked": report["after"],
-    }], Path(args.repo_id).name)
-    card = render_model_card(
-        model.model.config, repo_id=args.repo_id, base_model=f"{start}, fine-tuned", max_length=report["max_length"],
-        base_model_id=start if is_hub_id(start) else None, calibration=calibration, evaluation=evaluation,
-        training=training_markdown(args, trainer_args, start, report),
-    )
-    atomic_write_text(folder / CARD_FILE, card)
-
 
 def add_lora(model: CrossEncoder, args: FinetuneArguments) -> None:
     """Train LoRA adapters (and the score row) instead of all weights."""
@@ -520,24 +152,6 @@ def merge_lora(model: CrossEncoder, adapter_dir: Path, start: str) -> CrossEncod
     return base
 
 
-def save_final(out: Path, model: CrossEncoder, args: FinetuneArguments, trainer_args: CrossEncoderTrainingArguments,
-               start: str, report: dict) -> Path:
-    """Write ``out/final`` (the package, or the adapter with --lora and no --merge) with its model card; the folder
-    is assembled next to it and renamed into place, so ``final/`` is never half written."""
-    final, partial = out / "final", out / "final.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    if args.lora and not args.merge:
-        shutil.copytree(out / "adapter", partial)
-    else:
-        model.save_pretrained(str(partial))
-        report["package_files_added"] = complete_package(partial)
-    write_model_card(partial, model, args, trainer_args, start, report)
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
-    return final
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Main: the steps of a run
@@ -549,7 +163,7 @@ class FinetuneRun:
     """What the steps of one ``zerank finetune`` run share."""
 
     args: FinetuneArguments
-    flags: TrainerFlags
+    training_args: ZerankTrainingArguments
     state: PartialState  # this process among the run's processes
     start: str  # the zerank model training starts from (see resolve_start)
     heldout: HeldOut
@@ -557,24 +171,25 @@ class FinetuneRun:
 
     @property
     def out(self) -> Path:
-        return self.args.output_dir
+        return self.training_args.run_dir
 
     @property
     def seed(self) -> int:
-        return self.flags.values["seed"]
+        return self.training_args.seed
 
 
-def set_up(args: FinetuneArguments, flags: TrainerFlags) -> tuple[PartialState, str]:
+def set_up(args: FinetuneArguments, training_args: ZerankTrainingArguments) -> tuple[PartialState, str]:
     """This process's state (everything seeded), the output folder and the zerank model to start from.
 
     A Qwen3 causal LM is built into ``<output-dir>/base`` by the main process first; the others then reuse it.
     """
-    state = PartialState(cpu=bool(flags.values["use_cpu"]))
-    set_seed(flags.values["seed"])
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    state = PartialState(cpu=bool(training_args.use_cpu))
+    set_seed(training_args.seed)
+    training_args.run_dir.mkdir(parents=True, exist_ok=True)
     with state.main_process_first():
-        start = resolve_start(args.model, args.output_dir, args.tokenizer)
+        start = resolve_start(args.model, training_args.run_dir, args.tokenizer)
     return state, start
+
 
 
 def load_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tuple[Dataset, HeldOut, dict]:
@@ -610,7 +225,7 @@ def load_model(run: FinetuneRun) -> tuple[CrossEncoder, int | None, int | None]:
     --freeze-embeddings), with its own max_seq_length and config.max_batch_tokens, which the package keeps."""
     args = run.args
     # Full fine-tuning keeps float32 weights (--bf16 is mixed precision); LoRA trains in the usual "auto" dtype.
-    device = "cpu" if run.flags.values["use_cpu"] else str(run.state.device)
+    device = "cpu" if run.training_args.use_cpu else str(run.state.device)
     dtype = resolve_dtype(args.model_dtype if args.model_dtype != "auto" or args.lora else "float32", device)
     # Each process loads its copy on its own device (cuda:<local rank> under accelerate/torchrun).
     model = load_reranker(run.start, device=device, dtype=dtype)
@@ -627,34 +242,32 @@ def trainer_setup(run: FinetuneRun, train_rows: int) -> tuple[CrossEncoderTraini
     """The trainer's arguments and the held-out evaluator (None when no held-out query has a positive to rank).
 
     Without --max-steps, the steps of --num-train-epochs over ``train_rows`` rows set the evaluation and checkpoint
-    interval (see training_arguments).
+    interval (see ZerankTrainingArguments.trainer_arguments).
     """
-    values = run.flags.values
+    training_args = run.training_args
     samples = run.heldout.evaluator_samples(run.args.relevance_level)
     evaluator = CrossEncoderRerankingEvaluator(samples, at_k=10, always_rerank_positives=False, name="heldout",
-                                               batch_size=values["per_device_eval_batch_size"]) \
+                                               batch_size=training_args.per_device_eval_batch_size) \
         if samples else None
-    rows_per_step = (values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
+    rows_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                      * run.state.num_processes)
-    max_steps = values["max_steps"]
-    steps_hint = max_steps if max_steps > 0 else int(values["num_train_epochs"] * np.ceil(train_rows / rows_per_step))
-    trainer_args = training_arguments(run.flags, run.out / CHECKPOINTS_DIR, steps_hint, evaluator is not None)
-    return trainer_args, evaluator
+    steps = training_args.max_steps if training_args.max_steps > 0 else \
+        int(training_args.num_train_epochs * np.ceil(train_rows / rows_per_step))
+    return training_args.trainer_arguments(steps, evaluator is not None), evaluator
 
 
 def write_args(run: FinetuneRun, trainer_args: CrossEncoderTrainingArguments, first_stage_args: FirstStageArguments,
                first_stage: FirstStage) -> None:
-    """args.json: the resolved arguments (with the trainer settings this command chose or was given), all the
-    trainer's settings, the start model, the number of processes, the first stage and the library versions."""
-    resolved = {k: str(v) if isinstance(v, Path) else v
-                for k, v in {**dataclasses.asdict(first_stage_args), **dataclasses.asdict(run.args)}.items()}
-    trainer_settings = trainer_args.to_dict()
-    # The trainer settings this command chose or was given; "trainer" below has all of them.
-    resolved.update({k: trainer_settings[k] for k in sorted(run.flags.given | set(TRAINER_DEFAULTS) | CHOSEN)
-                     if k in trainer_settings and k != "output_dir"})
+    """args.json: the command's arguments (all three dataclasses, as parsed), the trainer's settings of the run (with
+    the intervals and the checkpoint folder chosen), the start model, the number of processes, the first stage and
+    the library versions."""
+    parsed = {**dataclasses.asdict(run.args), **dataclasses.asdict(first_stage_args)}
+    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in parsed.items()}
+    # to_dict() masks the *_token fields ("<HUB_TOKEN>"): left out, so the file can be run again with --config.
+    resolved.update({k: v for k, v in run.training_args.to_dict().items() if not k.endswith("_token")})
     atomic_write_json(run.out / "args.json", {
-        "args": resolved, "trainer": trainer_settings, "start": run.start, "processes": run.state.num_processes,
-        "first_stage": first_stage.settings(), "versions": library_versions(),
+        "args": resolved, "trainer": trainer_args.to_dict(), "start": run.start,
+        "processes": run.state.num_processes, "first_stage": first_stage.settings(), "versions": library_versions(),
     })
 
 
@@ -742,21 +355,17 @@ def write_report(run: FinetuneRun, report: dict, final: Path) -> None:
                 report["calibration"]["temperature"], report["calibration"]["bias"], final)
 
 
-def main(args: FinetuneArguments, first_stage_args: FirstStageArguments, extra: list[str]) -> dict | int:
+def main(args: FinetuneArguments, first_stage_args: FirstStageArguments,
+         training_args: ZerankTrainingArguments) -> dict:
     """``zerank finetune``: train, evaluate before and after, recalibrate, write the package; returns the report.
 
-    ``extra`` are the command-line strings the command's own dataclasses did not take: trainer flags
-    (CrossEncoderTrainingArguments); ``--trainer-help`` among them prints those and returns 0. Every process trains;
-    the main process alone evaluates and writes the files.
+    Every process trains; the main process alone evaluates and writes the files.
     """
-    if TRAINER_HELP_FLAG in extra:
-        return print_trainer_help()
-    flags = parse_trainer_flags(extra)
     began = time.perf_counter()
-    state, start = set_up(args, flags)
+    state, start = set_up(args, training_args)
     first_stage = FirstStage.from_arguments(first_stage_args)
-    train_dataset, heldout, data = load_data(args, first_stage, flags.values["seed"])
-    run = FinetuneRun(args, flags, state, start, heldout, began)
+    train_dataset, heldout, data = load_data(args, first_stage, training_args.seed)
+    run = FinetuneRun(args, training_args, state, start, heldout, began)
     model, context, saved_batch_tokens = load_model(run)
     report: dict = {"model": args.model, "start": start, "max_length": context, "data": data}
     trainer_args, evaluator = trainer_setup(run, len(train_dataset))
