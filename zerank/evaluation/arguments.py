@@ -36,7 +36,7 @@ class EvaluateArguments:
         default=1, metadata={"help": "Smallest grade counted relevant by MRR and recall (BEIR: 1; TREC DL often 2)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for torch (scoring is deterministic anyway)."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress hides it)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
         check_positive(self, "top_k", "max_queries")

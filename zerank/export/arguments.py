@@ -27,7 +27,7 @@ class ExportArguments:
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
     verify: bool = field(
         default=True,
-        metadata={"help": "Check fp32 parity with the source (--no-verify skips it; it loads the source and the "
-                          "export one after the other)."},
+        metadata={"help": "Check fp32 parity with the source (it loads the source and the export one after "
+                          "the other)."},
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty --out folder."})

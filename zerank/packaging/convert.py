@@ -12,7 +12,7 @@ where its weights came from and under which licence (see ``zerank.model.package`
 
 Command: ``zerank build --base zerank-1-small --out build/zerank-1-small``,
 ``zerank build --base Qwen/Qwen3-4B --license apache-2.0 --out build/qwen3-4b`` (an untrained starting point for
-fine-tuning) or ``zerank build --random tiny --tokenizer DIR --out build/tiny`` (random weights for tests and demos).
+fine-tuning) or ``zerank build --random tiny --out build/tiny`` (random weights for tests and demos).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from zerank.model.package import (
     stored_bytes,
     weight_map,
 )
-from zerank.utils.resources import CHAT_TEMPLATE_FILE, Preset, presets, shape_config
+from zerank.utils.resources import CHAT_TEMPLATE_FILE, Preset, default_tokenizer_dir, presets, shape_config
 from zerank.model.scoring import raw_logit
 from zerank.utils.system import atomic_write_json, atomic_write_text, peak_rss_mb, staged_output_dir
 
@@ -301,7 +301,9 @@ def build(args: BuildArguments) -> dict:
         license_id = package_license(source.license, args.license, base_name)
         rss_before = peak_rss_mb()
 
-        tokenizer = write_tokenizer(args.tokenizer or base_dir, out, args.max_length)
+        # Random weights have no tokenizer of their own: the bundled Qwen3 one, unless --tokenizer names another.
+        tokenizer_src = args.tokenizer or (default_tokenizer_dir() if args.random is not None else base_dir)
+        tokenizer = write_tokenizer(tokenizer_src, out, args.max_length)
         yes_ids = tokenizer.encode(args.yes_token, add_special_tokens=False)
         if len(yes_ids) != 1:
             raise ValueError(f"--yes-token {args.yes_token!r} is not a single token (ids {yes_ids}).")

@@ -16,7 +16,6 @@ from zerank.packaging.arguments import BuildArguments, DemoArguments
 from zerank.packaging.convert import build
 from zerank.model.loading import load_reranker
 from zerank.model.package import stale_remote_code
-from zerank.utils.resources import default_tokenizer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def ensure_tiny_model(out: Path, tokenizer: str | None = None) -> bool:
         logger.info("Reusing %s (built with this installation's remote code)", out)
         return False
     logger.info("Building the tiny random model in %s%s", out, f" (stale: {', '.join(stale)})" if out.exists() else "")
-    build(BuildArguments(out=out, random=SHAPE, tokenizer=str(tokenizer or default_tokenizer_dir()),
+    build(BuildArguments(out=out, random=SHAPE, tokenizer=tokenizer,
                          repo_id=REPO_ID, overwrite=True))
     return True
 

@@ -34,7 +34,7 @@ class RerankArguments:
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs of one Ray actor (1: one actor per GPU)."})
     tag: str | None = field(default=None, metadata={"help": "Run tag of reranked.trec (default: the model's name)."})
     seed: int = field(default=0, metadata={"help": "Seed for torch (scoring is deterministic anyway)."})
-    progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress hides it)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     overwrite: bool = field(default=False, metadata={"help": "Start again in a folder holding another (or the same) "
                                                              "rerank."})
 

@@ -30,8 +30,8 @@ class ServeArguments:
                                                 "or the hub id. Other names get 404."}
     )
     zeroentropy_aliases: bool = field(
-        default=True, metadata={"help": "Also answer to ZeroEntropy's model names (zerank-1, zerank-1-small, zerank-2), "
-                                        "which its SDKs and langchain-zerank send (--no-zeroentropy-aliases: don't)."}
+        default=True, metadata={"help": "Also answer to ZeroEntropy's model names (zerank-1, zerank-1-small, "
+                                        "zerank-2), which its SDKs and langchain-zerank send."}
     )
     max_documents: int = field(default=1000, metadata={"help": "Most documents per request (400 above)."})
     max_request_bytes: int = field(default=5_000_000, metadata={"help": "Largest request body in bytes (413 above)."})

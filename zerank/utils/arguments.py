@@ -4,8 +4,9 @@ Each default is written here once; the library functions take these objects. Thi
 standard library, so ``zerank SUB --help`` answers without importing torch. Validation that needs no I/O happens in
 ``__post_init__`` and raises ``ValueError`` (the command line turns it into a usage error, exit code 2).
 
-Flags are the field names with dashes or underscores (``--max-batch-tokens`` = ``--max_batch_tokens``); a boolean
-field that defaults to true also gets ``--no-<name>``.
+Flags are the field names with dashes (``--max-batch-tokens``; the underscore spelling is accepted too); a boolean
+field is a ``--name / --no-name`` switch. ``zerank.cli`` renders the help: a field's default is shown once, by the
+formatter, unless its help text explains a computed default ("Default: ...").
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ class ModelArguments:
     max_batch_tokens: int | None = field(
         default=None,
         metadata={"help": "Token budget of one forward batch (rows x longest row): the main knob for speed and memory. "
-                          "Default: the model config's value for the device kind (zerank: cpu_max_batch_tokens or "
-                          "accelerator_max_batch_tokens)."},
+                          "Default: 512 on CPU, 32768 on a GPU."},
     )
 
     def __post_init__(self):
@@ -107,8 +107,8 @@ class FirstStageArguments:
         default="bm25",
         metadata={"help": "'bm25' (bm25s over title + text) or a TREC run file (qid Q0 docid rank score tag)."},
     )
-    bm25_k1: float = field(default=1.2, metadata={"help": "BM25 k1 (Elasticsearch's default)."})
-    bm25_b: float = field(default=0.75, metadata={"help": "BM25 b (Elasticsearch's default)."})
+    bm25_k1: float = field(default=1.2, metadata={"help": "BM25 k1, as in Elasticsearch."})
+    bm25_b: float = field(default=0.75, metadata={"help": "BM25 b, as in Elasticsearch."})
     bm25_stemmer: str = field(
         default="english", metadata={"help": "PyStemmer algorithm for BM25 ('english', 'porter', ...) or 'none'."}
     )
