@@ -251,3 +251,26 @@ def test_killed_builds_leave_the_previous_build_in_place(tiny_model_dir, tokeniz
     model = CrossEncoder(str(out), trust_remote_code=True, device="cpu")
     assert np.isfinite(model.predict([("What is 2+2?", "4")])).all()
     assert json.loads((out / "build_report.json").read_text())["max_abs_logit_error"] <= 1e-4
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_built_packages_follow_the_umask(tokenizer_dir, tmp_path, umask, file_mode, dir_mode):
+    """Every file and folder of a built package gets the umask's mode (not mkstemp's 0600 / mkdtemp's 0700), so a
+    package copied to a shared folder or served by another account can be read."""
+    from zerank.packaging.arguments import BuildArguments
+    from zerank.packaging.convert import build
+
+    out = tmp_path / "release" / "model"
+    old = os.umask(umask)
+    try:
+        build(BuildArguments(out=out, random="tiny", tokenizer=str(tokenizer_dir)))
+        (out / "extra.json").unlink(missing_ok=True)
+        atomic_write_bytes(out / "extra.json", b"{}")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert (out / "model.safetensors").exists() or list(out.glob("model-*.safetensors"))
+    assert "README.md" in modes and "extra.json" in modes
+    assert {name: mode for name, mode in modes.items() if (out / name).is_file() and mode != file_mode} == {}
+    assert {name: mode for name, mode in modes.items() if (out / name).is_dir() and mode != dir_mode} == {}
+    assert out.stat().st_mode & 0o777 == dir_mode

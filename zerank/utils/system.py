@@ -55,13 +55,52 @@ def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
     return versions
 
 
+def current_umask() -> int:
+    """The process's file mode creation mask, read without changing it where the system says it (Linux's
+    ``/proc/self/status``, "Umask:"); elsewhere set and restored at once (``os.umask`` only answers by replacing it)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def default_file_mode() -> int:
+    """The mode an ordinary ``open(path, "w")`` gives a new file: 0o666 less the umask (0o644 under umask 022).
+
+    ``tempfile.mkstemp`` creates its files at 0o600 whatever the umask, so a file written through one and renamed
+    into place would be unreadable to other users (a package copied to a shared folder, a server run by another
+    account); ``atomic_write_bytes`` sets this mode on its temporary file before the rename."""
+    return 0o666 & ~current_umask()
+
+
+def _apply_default_modes(root: Path) -> None:
+    """Give every file under ``root`` the umask's file mode (executables the umask's 0o777 mode) and every folder
+    the umask's folder mode: writers that go through temporary files (``mkstemp``: 0o600, as safetensors'
+    ``save_file`` does) would otherwise leave a staged package readable by its owner only."""
+    umask = current_umask()
+    for folder, _, names in os.walk(root):
+        os.chmod(folder, 0o777 & ~umask)
+        for name in names:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o111
+                os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part:
-    a temporary file in the same folder, flushed and fsynced, then renamed over ``path``."""
+    a temporary file in the same folder, flushed and fsynced, then renamed over ``path``. The file gets the mode
+    that the umask gives new files (``default_file_mode``), not ``mkstemp``'s 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = default_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -104,7 +143,8 @@ def staged_output_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
     is gone (a run in progress is left alone). An existing ``out`` is refused unless ``overwrite``; then it is kept
     until the new folder is complete, moved aside, and deleted only after the new one has been renamed into place
     (at no moment is neither of them on disk; a run killed between the two renames gets the old folder back on the
-    next run). The staged files are fsynced before the rename, so the rename never outlives their content.
+    next run). The staged files are fsynced before the rename, so the rename never outlives their content, and given
+    the modes the umask gives new files and folders (0o644 / 0o755 under umask 022), whatever wrote them.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +157,7 @@ def staged_output_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        _apply_default_modes(staging)
         _fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
