@@ -29,7 +29,7 @@ from hub_server import HubServer
 from safetensors.torch import load_file, save_file
 
 from modeling_zerank import ZerankConfig
-from zerank.packaging import publish
+from zerank.packaging import publish, validation
 from zerank.packaging.arguments import BuildArguments
 from zerank.cli import entry_point
 from zerank.cli import main as cli_main
@@ -372,7 +372,7 @@ MUTATIONS = {
 
 
 def problems_of(folder: Path, repo: str = REPO, retarget_card: bool = False) -> list[str]:
-    return publish.folder_problems(folder, repo, publish.prepare_card(folder, repo, retarget_card))
+    return validation.folder_problems(folder, repo, publish.prepare_card(folder, repo, retarget_card))
 
 
 def test_release_folder_passes_validation(release_dir):
@@ -480,7 +480,7 @@ def test_a_sharded_package_uploads_its_index_and_every_shard(release_dir, tmp_pa
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     (folder / "model-00003-of-00002.safetensors").write_bytes(b"stray")  # not in the index
     assert problems_of(folder) == []
-    contents = publish.folder_contents(folder)
+    contents = validation.folder_contents(folder)
     assert {"model.safetensors.index.json", *shards} <= set(contents.upload)
     assert "model-00003-of-00002.safetensors" in contents.not_uploaded
 
@@ -516,8 +516,8 @@ def test_retarget_card_replaces_the_repo_id_only_with_the_flag(release_dir, tmp_
     edit(folder / "README.md", "## Limits", f"See also {REPO}-small and {REPO}.\n\n## Limits")
     assert any("--retarget-card" in p for p in problems_of(folder, "org/fork"))
     card = publish.prepare_card(folder, "org/fork", retarget_card=True)
-    assert publish.card_problems(card, "org/fork") == []
-    assert set(publish.card_snippet_repos(card)) == {"org/fork"}
+    assert validation.card_problems(card, "org/fork") == []
+    assert set(validation.card_snippet_repos(card)) == {"org/fork"}
     assert "See also acme/zerank-tiny-small and org/fork." in card and "base_model: Qwen/Qwen3-0.6B" in card
     assert REPO in (folder / "README.md").read_text(), "the folder's own card is never modified"
 
