@@ -1,5 +1,5 @@
-"""zerank.serving.search.api: ZeroEntropy's collections, documents and queries against ``zerank serve``, with the official
-Python SDK (zeroentropy 0.1.0a11) and Node SDK (0.1.0-alpha.10), reranked by the tiny model."""
+"""zerank.serving.search.api: ZeroEntropy's collections, documents and queries against ``zerank serve``, with
+the official Python SDK (zeroentropy 0.1.0a11) and Node SDK (0.1.0-alpha.10), reranked by the tiny model."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from uvicorn_thread import running_server
 from zerank.serving.arguments import ServeArguments
 from zerank.utils.arguments import ModelArguments
 from zerank.serving.search.api import make_search_router
-from zerank.serving.server import create_app
-from zerank.serving.search.store import LONG_SNIPPET_CHARS, SHORT_SNIPPET_CHARS, SQLiteStore
+from zerank.serving.app import create_app
+from zerank.serving.search.sqlite_store import SQLiteStore
+from zerank.serving.search.store import LONG_SNIPPET_CHARS, SHORT_SNIPPET_CHARS
 
 KEY = "search-key"
 JS = Path(__file__).resolve().parent / "js"

@@ -1,4 +1,4 @@
-"""zerank.serving.server (`zerank serve`): every rerank shape checked with its official client (zeroentropy, cohere,
+"""zerank.serving (`zerank serve`): every rerank shape checked with its official client (zeroentropy, cohere,
 langchain-zerank) or plain HTTP (TEI), and the server's behaviour under load: cancellation, the bounded queue,
 draining on SIGTERM, read timeouts, invalid JSON values, metrics."""
 
@@ -30,7 +30,10 @@ from zerank.serving.arguments import ServeArguments
 from zerank.utils.arguments import ModelArguments
 from zerank.bench.serve_load import free_port, wait_for_health
 from zerank.model.loading import load_from_arguments
-from zerank.serving.server import RERANK_PATH, RerankEngine, create_app, invalid_json_field
+from zerank.serving.app import create_app
+from zerank.serving.engine import RerankEngine
+from zerank.serving.middleware import invalid_json_field
+from zerank.serving.schemas import RERANK_PATH
 
 KEY = "test-key"
 QUERY = "What is the capital of France?"

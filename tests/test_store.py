@@ -1,5 +1,5 @@
-"""zerank.serving.search.store: passage cutting, metadata filters, the SQLite FTS5 store, and its transactions (injected failures and
-a process killed in the middle of an add)."""
+"""zerank.serving.search's storage: passage cutting (passages), metadata filters (filters), the SQLite FTS5
+store (sqlite_store), and its transactions (injected failures and a process killed in the middle of an add)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import threading
 
 import pytest
 
+from zerank.serving.search.filters import check_metadata, compile_filter
+from zerank.serving.search.passages import cut_passages
+from zerank.serving.search.sqlite_store import SQLiteStore, match_expression
 from zerank.serving.search.store import (
     LONG_SNIPPET_CHARS,
     SHORT_SNIPPET_CHARS,
@@ -20,12 +23,7 @@ from zerank.serving.search.store import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
-    SQLiteStore,
     StoreError,
-    check_metadata,
-    compile_filter,
-    cut_passages,
-    match_expression,
 )
 
 SENTENCES = [
@@ -75,7 +73,8 @@ def check_integrity(path) -> dict[str, int]:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         counts = {}
-        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"):
+        virtual = "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
+        for (table,) in conn.execute(virtual):
             conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
             collection_id, unit = int(table.split("_")[1]), table.split("_", 2)[2]
             indexed = {row[0] for row in conn.execute(f"SELECT rowid FROM {table}")}
@@ -331,7 +330,8 @@ def test_a_failed_add_leaves_no_trace(store):
 
 KILLED_MID_ADD = """
 import os, signal, sys
-from zerank.serving.search.store import SQLiteStore, UNITS
+from zerank.serving.search.sqlite_store import SQLiteStore
+from zerank.serving.search.store import UNITS
 
 class KilledStore(SQLiteStore):
     def _index(self, conn, collection_id, document_id, unit, content, passages):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from zerank.serving.arguments import ServeArguments
-from zerank.serving.server import make_server
+from zerank.serving.app import make_server
 
 
 @contextmanager

@@ -53,7 +53,7 @@ from zerank.packaging.arguments import BuildArguments
 from zerank.packaging.convert import build
 from zerank.model.package import stale_remote_code
 from zerank.utils.resources import default_tokenizer_dir
-from zerank.serving.server import RERANK_PATH
+from zerank.serving.schemas import RERANK_PATH
 from zerank.utils.system import atomic_write_json
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Search is two stages: the store's BM25 (``SearchStore.search``) takes the ``max(
 documents, pages or snippets; with ``reranker`` set, the served model scores each candidate's text against the query
 and the ``k`` best by that calibrated 0..1 score are returned; without it, the first ``k`` by BM25 score. Snippets
 are the store's passages: at most 2,000 characters, or 200 with ``precise_responses`` (the rule is
-``zerank.serving.search.store.cut_passages``).
+``zerank.serving.search.passages.cut_passages``).
 
 Answers as ZeroEntropy's: 404 for an unknown collection, document or reranker; 409 when a collection or document
 exists (``overwrite`` replaces a document); 400 for bad metadata or filters; 415 for content other than text
