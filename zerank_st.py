@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from sentence_transformers.base.modules import Transformer
 
@@ -188,7 +188,11 @@ class ZerankTransformer(Transformer):
 
     Args: as :class:`sentence_transformers.base.modules.Transformer`. The query cap (``max_query_tokens``) and
     ``split_special_tokens_in_content`` are read from the model config, so that they travel with the checkpoint.
+    ``predict(..., share_prefix=False, max_batch_tokens=N)`` passes those per-call settings of the model's inference
+    fast path on to its forward.
     """
+
+    forward_kwargs: ClassVar[set[str]] = {*Transformer.forward_kwargs, "share_prefix", "max_batch_tokens"}
 
     @property
     def max_query_tokens(self) -> int:

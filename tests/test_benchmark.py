@@ -4,17 +4,17 @@ import json
 
 import pytest
 
-from modeling_zerank import ZerankConfig
 from zerank import cli
 from zerank.bench.arguments import BenchArguments
 from zerank.bench.speed import long_rows_child, measure_memory
+from zerank_fast_path import FastPathSettings
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, tokenizer_dir, tiny_model_dir):
     tmp_path = tmp_path_factory.mktemp("bench")
     out = tmp_path / "out"
-    result = cli.main(["bench", "--config", "tiny", "--docs", "4", "--repeats", "1", "--st-batch-sizes", "2", "4",
+    result = cli.main(["bench", "--shape", "tiny", "--docs", "4", "--repeats", "1", "--st-batch-sizes", "2", "4",
                        "--cache-dir", str(tmp_path / "models"), "--tokenizer", str(tokenizer_dir),
                        "--output-dir", str(out), "--query", "long", "--no-memory",
                        "--runtime-dirs", str(tiny_model_dir), "--crossover-docs", "2", "4",
@@ -40,13 +40,13 @@ def test_benchmark_reports_all_paths_and_agreement(bench, tiny_model_dir):
     assert result["st_native_batch_size"] in (2, 4) and result["tokens_executed"] < result["tokens"]
     assert result["ratio_vs_st"] > 0 and result["roofline_fraction"] > 0
     sweep = result["batch_token_sweep"]
-    assert sweep["default"] == ZerankConfig().cpu_max_batch_tokens and list(sweep["by_budget"]) == [64, 4096]
+    assert sweep["default"] == FastPathSettings().cpu_max_batch_tokens and list(sweep["by_budget"]) == [64, 4096]
     assert all(len(b["pairs_per_s_runs"]) == 1 and b["ratio_vs_st"] > 0 for b in sweep["by_budget"].values())
 
 
 def test_memory_is_measured_in_a_child_process(bench, tokenizer_dir):
     tmp_path, _, _ = bench
-    args = BenchArguments(config="tiny", docs=4, query="long", cache_dir=tmp_path / "models",
+    args = BenchArguments(shape="tiny", docs=4, query="long", cache_dir=tmp_path / "models",
                           tokenizer=str(tokenizer_dir), output_dir=tmp_path / "out")
     memory = measure_memory(args, "zerank", 2)  # reuses the models the benchmark built
     assert 0 < memory["inference_peak_rss_mb"] <= memory["peak_rss_mb"]
@@ -55,7 +55,7 @@ def test_memory_is_measured_in_a_child_process(bench, tokenizer_dir):
 def test_long_rows_fast_and_plain_path_agree(bench, tokenizer_dir):
     """The --long-rows child (run in-process here): rows of the asked lengths, same logit through both paths."""
     tmp_path, _, _ = bench
-    args = BenchArguments(config="tiny", long_rows=[300, 40], cache_dir=tmp_path / "models",
+    args = BenchArguments(shape="tiny", long_rows=[300, 40], cache_dir=tmp_path / "models",
                           tokenizer=str(tokenizer_dir), output_dir=tmp_path / "out")
     fast, plain = long_rows_child(args, "fast"), long_rows_child(args, "plain")
     assert [r["tokens"] for r in fast] == [r["tokens"] for r in plain] == [40, 300]

@@ -1,4 +1,5 @@
-"""Inference fast path (padding dropped, shared query prefix run once, length regrouping) equals the plain path."""
+"""Inference fast path (zerank_fast_path.py: padding dropped, shared query prefix run once, length regrouping) equals
+the plain path; its settings are code defaults per device kind, overridden at load time, never in the config."""
 
 import functools
 import warnings
@@ -7,13 +8,17 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from modeling_zerank import (
+from modeling_zerank import ZerankConfig
+from zerank_fast_path import (
+    FastPath,
+    FastPathSettings,
     SharedPrefixCache,
-    ZerankConfig,
     group_by_shared_prefix,
     real_token_rows,
     token_budget_batches,
 )
+
+FORCED = {"fast_path": {"cpu_forward_overhead_flops": 0}}
 
 QUERIES = ["What is the capital of France?", "How do I reset a forgotten Linux root password quickly and safely?",
            "What is the capital of Italy?"]
@@ -25,9 +30,16 @@ DOCS = ["Paris is the capital.", "The cat sat on the mat. " * 6, "Reboot and edi
 def model(tiny_model_dir):
     """The tiny model with the fast path forced: its per-forward cost would otherwise send small batches to the
     plain path."""
-    tiny = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
-    tiny.config.cpu_forward_overhead_flops = 0
-    return tiny
+    return AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, trust_remote_code=True, **FORCED).eval()
+
+
+def record_prefix_runs(model, monkeypatch) -> list[int]:
+    """The lengths of the prefixes the fast path runs, recorded as it runs them."""
+    calls = []
+    original = type(model.fast_path).prefix_cache
+    monkeypatch.setattr(type(model.fast_path), "prefix_cache",
+                        lambda self, backbone, p: calls.append(len(p)) or original(self, backbone, p))
+    return calls
 
 
 def encode(tokenizer, pairs, side, **template_kwargs):
@@ -59,13 +71,9 @@ def test_instruction_and_small_budget(model, tokenizer):
     """A budget of a few rows forces several batches per prefix group: the prefix cache is reused, not mutated."""
     pairs = [(QUERIES[1], d) for d in DOCS * 2]
     batch = encode(tokenizer, pairs, "left", instruction="Prefer official documentation.")
-    model.config.max_batch_tokens = 64
-    try:
-        with torch.inference_mode():
-            fast = model(**batch).logits
-            again = model(**batch).logits
-    finally:
-        model.config.max_batch_tokens = None
+    with torch.inference_mode():
+        fast = model(**batch, max_batch_tokens=64).logits
+        again = model(**batch, max_batch_tokens=64).logits
     expected = plain_logits(model, batch)
     assert (fast - expected).abs().max().item() <= 1e-5 and torch.equal(fast, again)
 
@@ -78,20 +86,16 @@ def test_duplicate_rows_and_row_that_is_a_prefix_of_another(model, tokenizer):
     assert (fast - plain_logits(model, batch)).abs().max().item() <= 1e-5
 
 
-def test_config_switch_turns_prefix_sharing_off(model, tokenizer, monkeypatch):
+def test_setting_turns_prefix_sharing_off(model, tokenizer, monkeypatch):
     pairs = [(QUERIES[0], d) for d in DOCS]
     batch = encode(tokenizer, pairs, "right")
-    calls = []
-    original = type(model)._prefix_cache
-    monkeypatch.setattr(type(model), "_prefix_cache", lambda self, p: calls.append(len(p)) or original(self, p))
+    calls = record_prefix_runs(model, monkeypatch)
     with torch.inference_mode():
         model(**batch)
         assert len(calls) == 1 and calls[0] >= 8  # one prefix run for the whole batch
-        model.config.share_query_prefix = False
-        try:
+        with monkeypatch.context() as patch:
+            patch.setattr(model.fast_path.settings, "share_query_prefix", False)
             model(**batch)
-        finally:
-            model.config.share_query_prefix = True
         model(**batch, share_prefix=False)
     assert len(calls) == 1
 
@@ -137,13 +141,44 @@ def test_token_budget_batches_cover_every_index_within_budget():
 
 
 def test_batch_budget_defaults_per_device_kind_and_override():
-    config = ZerankConfig()
-    assert config.batch_token_budget("cpu") == config.cpu_max_batch_tokens == 512
-    assert config.batch_token_budget("cuda") == config.accelerator_max_batch_tokens == 32768
-    config.max_batch_tokens = 100
-    assert config.batch_token_budget("cpu") == config.batch_token_budget("cuda") == 100
+    settings = FastPathSettings()
+    assert settings.batch_token_budget("cpu") == settings.cpu_max_batch_tokens == 512
+    assert settings.batch_token_budget("cuda") == settings.accelerator_max_batch_tokens == 32768
+    settings.max_batch_tokens = 100
+    assert settings.batch_token_budget("cpu") == settings.batch_token_budget("cuda") == 100
     with pytest.raises(Exception, match="cpu_max_batch_tokens"):
-        ZerankConfig(cpu_max_batch_tokens=0)
+        FastPathSettings(cpu_max_batch_tokens=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        FastPathSettings(max_batch_tokens=0)
+    with pytest.raises(ValueError, match="cpu_forward_overhead_flops"):
+        FastPathSettings(cpu_forward_overhead_flops=-1.0)
+
+
+def test_settings_come_from_code_an_old_config_and_load_time_overrides(tiny_model_dir):
+    """Defaults in code; the fields an older package's config.json carried are read; ``fast_path={...}`` wins."""
+    assert FastPathSettings.from_values(ZerankConfig()) == FastPathSettings()
+    old = ZerankConfig(share_query_prefix=False, cpu_max_batch_tokens=64, cpu_forward_overhead_flops=1.0)
+    settings = FastPathSettings.from_values(old, {"cpu_max_batch_tokens": 128})
+    assert (settings.share_query_prefix, settings.cpu_max_batch_tokens, settings.cpu_forward_overhead_flops) == (
+        False, 128, 1.0)
+    with pytest.raises(ValueError, match="max_batch_token"):
+        FastPathSettings.from_values({"max_batch_token": 5})
+    loaded = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, trust_remote_code=True, fast_path={"max_batch_tokens": 96, "pack_rows": True})
+    assert loaded.fast_path.settings.max_batch_tokens == 96 and loaded.fast_path.packs_rows()
+    assert not hasattr(loaded.config, "max_batch_tokens") and "max_batch_tokens" not in loaded.config.to_dict()
+
+
+def test_per_call_budget_leaves_the_model_as_it_is(model, tokenizer):
+    pairs = [(QUERIES[1], d) for d in DOCS * 2]
+    batch = encode(tokenizer, pairs, "right")
+    before = (model.config.to_dict(), dict(vars(model.fast_path.settings)))
+    with torch.inference_mode():
+        fast = model(**batch, max_batch_tokens=32).logits
+        with pytest.raises(ValueError, match="max_batch_tokens"):
+            model(**batch, max_batch_tokens=0)
+    assert (model.config.to_dict(), vars(model.fast_path.settings)) == before
+    assert (fast - plain_logits(model, batch)).abs().max().item() <= 1e-5
 
 
 def test_fast_path_raises_no_deprecation_warning(model, tokenizer):
@@ -174,10 +209,8 @@ def test_large_prefix_mask_runs_rows_whole(model, tokenizer, monkeypatch):
     """A batch whose prefix mask would exceed ``max_prefix_mask_elements`` runs its rows whole: no prefix forward."""
     pairs = [(QUERIES[1], d) for d in DOCS]
     batch = encode(tokenizer, pairs, "left")
-    calls = []
-    original = type(model)._prefix_cache
-    monkeypatch.setattr(type(model), "_prefix_cache", lambda self, p: calls.append(len(p)) or original(self, p))
-    monkeypatch.setattr(model.config, "max_prefix_mask_elements", 1)
+    calls = record_prefix_runs(model, monkeypatch)
+    monkeypatch.setattr(model.fast_path.settings, "max_prefix_mask_elements", 1)
     with torch.inference_mode():
         fast = model(**batch).logits
     assert calls == [] and (fast - plain_logits(model, batch)).abs().max().item() <= 1e-5
@@ -209,7 +242,7 @@ def test_batches_without_prefix_pass_no_mask(model, tokenizer, monkeypatch):
 @pytest.mark.parametrize("share", [True, False])
 def test_eager_attention_fast_path_equals_plain_path(tiny_model_dir, tokenizer, share):
     eager = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, trust_remote_code=True, attn_implementation="eager", cpu_forward_overhead_flops=0).eval()
+        tiny_model_dir, trust_remote_code=True, attn_implementation="eager", **FORCED).eval()
     pairs = [(q, d) for q in QUERIES for d in DOCS]
     batch = encode(tokenizer, pairs, "right")
     with torch.inference_mode():
@@ -221,13 +254,14 @@ def test_plan_dearer_than_the_padded_batch_runs_the_plain_path(model, tokenizer,
     pairs = [(QUERIES[0], d) for d in DOCS]
     batch = encode(tokenizer, pairs, "left")
     calls = []
-    original = type(model)._run_plan
-    monkeypatch.setattr(type(model), "_run_plan", lambda self, rows, plan: calls.append(plan) or original(self, rows, plan))
-    monkeypatch.setattr(model.config, "cpu_forward_overhead_flops", 1e15)
+    original = type(model.fast_path).run
+    monkeypatch.setattr(type(model.fast_path), "run",
+                        lambda self, backbone, rows, plan: calls.append(plan) or original(self, backbone, rows, plan))
+    monkeypatch.setattr(model.fast_path.settings, "cpu_forward_overhead_flops", 1e15)
     with torch.inference_mode():
         plain = model(**batch).logits
     assert calls == [] and (plain - plain_logits(model, batch)).abs().max().item() <= 1e-6
-    monkeypatch.setattr(model.config, "cpu_forward_overhead_flops", 0)
+    monkeypatch.setattr(model.fast_path.settings, "cpu_forward_overhead_flops", 0)
     with torch.inference_mode():
         model(**batch)
     assert len(calls) == 1 and any(b.prefix_len for b in calls[0])
@@ -235,22 +269,23 @@ def test_plan_dearer_than_the_padded_batch_runs_the_plain_path(model, tokenizer,
 
 def test_one_unpadded_row_runs_the_plain_path(model):
     """Nothing to drop or share: the plan's estimate equals the padded batch's, and the plain path runs."""
-    config = model.config
+    fast_path = model.fast_path
     rows = [torch.arange(100, 400)]
-    plan = model._repack_plan(rows, True, "cpu")
+    plan = fast_path.plan(rows, True, "cpu", fast_path.settings.batch_token_budget("cpu"))
     assert len(plan) == 1 and plan[0].prefix_len == 0
-    assert model._plan_cost(plan, "cpu") == config.forward_cost("cpu", 1, 300)
+    assert fast_path.plan_cost(plan, "cpu") == fast_path.forward_cost("cpu", 1, 300)
 
 
 def test_forward_cost_counts_mask_keys_and_fixed_cost():
     config = ZerankConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                          head_dim=16, num_hidden_layers=2, cpu_forward_overhead_flops=10.0,
-                          accelerator_forward_overhead_flops=7.0)
-    causal, masked = config.forward_cost("cpu", 1, 100), config.forward_cost("cpu", 1, 100, 20, masked=True)
+                          head_dim=16, num_hidden_layers=2)
+    fast_path = FastPath(config, FastPathSettings(cpu_forward_overhead_flops=10.0,
+                                                  accelerator_forward_overhead_flops=7.0))
+    causal, masked = fast_path.forward_cost("cpu", 1, 100), fast_path.forward_cost("cpu", 1, 100, 20, masked=True)
     q_dim = 64
     assert masked - causal == pytest.approx(2 * 100 * 4 * q_dim * (120 - 50.5))
-    assert config.forward_cost("cpu", 0, 0) == 20.0
-    assert config.forward_cost("cuda", 0, 0) == 14.0
+    assert fast_path.forward_cost("cpu", 0, 0) == 20.0
+    assert fast_path.forward_cost("cuda", 0, 0) == 14.0
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -259,8 +294,8 @@ def test_packed_rows_equal_plain_path(tiny_model_dir, tokenizer, attention, shar
     """The padding-free path (rows packed into one, position ids restarting after the prefix; the GPU path under
     flash attention) gives the plain path's logits under sdpa and eager too."""
     packed = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, trust_remote_code=True, attn_implementation=attention, pack_rows=True,
-        cpu_forward_overhead_flops=0).eval()
+        tiny_model_dir, trust_remote_code=True, attn_implementation=attention,
+        fast_path={"pack_rows": True, "cpu_forward_overhead_flops": 0}).eval()
     pairs = [(q, d) for q in QUERIES for d in DOCS]
     batch = encode(tokenizer, pairs, "left", instruction="Prefer official documentation.")
     with torch.inference_mode():

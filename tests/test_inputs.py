@@ -150,7 +150,8 @@ def test_fp32_scores_do_not_depend_on_batching(tiny_cross_encoder, monkeypatch):
                 model.predict([pairs[i] for i in order], batch_size=len(pairs))[np.argsort(order)]]
     monkeypatch.setattr(model.tokenizer, "padding_side", "left" if model.tokenizer.padding_side == "right" else "right")
     variants.append(model.predict(pairs, batch_size=len(pairs)))
-    monkeypatch.setattr(model.model.config, "share_query_prefix", not model.model.config.share_query_prefix)
+    settings = model.model.fast_path.settings
+    monkeypatch.setattr(settings, "share_query_prefix", not settings.share_query_prefix)
     variants.append(model.predict(pairs, batch_size=len(pairs)))
     for scores in variants:
         np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-6)

@@ -65,14 +65,19 @@ def test_score_pairs_keeps_input_order_and_matches_predict(tiny_cross_encoder):
     assert score_pairs(tiny_cross_encoder, []).shape == (0,)
 
 
-def test_max_batch_tokens_reaches_the_model(tiny_cross_encoder):
-    config = tiny_cross_encoder.model.config
+def test_max_batch_tokens_reaches_the_model(tiny_cross_encoder, monkeypatch):
+    """The budget is passed with every forward: the loaded model's config and settings stay as they are."""
+    model = tiny_cross_encoder.model
+    config_before, settings_before = model.config.to_dict(), dict(vars(model.fast_path.settings))
+    budgets = []
+    original = type(model.fast_path).pooled_hidden
+    monkeypatch.setattr(type(model.fast_path), "pooled_hidden", lambda self, *args, **kwargs: budgets.append(
+        kwargs["max_batch_tokens"]) or original(self, *args, **kwargs))
     pairs = [("q1", "short"), ("q1", "a longer document " * 20)]
-    try:
-        scores = score_pairs(tiny_cross_encoder, pairs, max_batch_tokens=16)
-        assert config.max_batch_tokens == 16 and config.batch_token_budget("cpu") == 16
-    finally:
-        config.max_batch_tokens = None
+    scores = score_pairs(tiny_cross_encoder, pairs, max_batch_tokens=16)
+    assert budgets and set(budgets) == {16}
+    assert model.config.to_dict() == config_before and vars(model.fast_path.settings) == settings_before
+    monkeypatch.undo()
     np.testing.assert_allclose(scores, tiny_cross_encoder.predict(pairs), atol=1e-5)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         score_pairs(tiny_cross_encoder, pairs, max_batch_tokens=0)

@@ -1,6 +1,6 @@
 """Benchmark zerank against sentence-transformers' native causal-LM reranker on identical random weights.
 
-Command: ``zerank bench --config qwen3-0.6b --docs 32 --query short --repeats 3 --device cpu --output-dir DIR``
+Command: ``zerank bench --shape qwen3-0.6b --docs 32 --query short --repeats 3 --device cpu --output-dir DIR``
 (writes ``DIR/bench.json``).
 
 Builds (once, cached under ``--cache-dir``) a random Qwen3ForCausalLM of the given shape and the zerank folder made
@@ -30,8 +30,9 @@ the whole process (loading included) and inference alone. ``roofline_fraction`` 
 ``max_batch_tokens``, interleaved with the other paths (the measurements behind ``cpu_max_batch_tokens``).
 
 ``--crossover-docs 4 32 ...`` adds ``crossover``: the fast path's plan (forced) against the padded batch for 1 query x
-each document count, whether the config's cost rule (``ZerankConfig.forward_cost``) picks the faster, and the fixed
-cost of one layer's forward measured in FLOPs of the same-run matmul (the config's ``*_forward_overhead_flops``).
+each document count, whether the fast path's cost rule (``zerank_fast_path.FastPath.forward_cost``) picks the faster,
+and the fixed cost of one layer's forward measured in FLOPs of the same-run matmul (``FastPathSettings``'
+``*_forward_overhead_flops``).
 
 ``--long-rows 1024 2048 ... 32768`` adds ``long_rows``: one (query, document) row of each length, run once through
 the fast path (``model(**features)``, as ``predict`` runs it) and once through the plain path (one padded forward:
@@ -51,8 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -64,15 +64,15 @@ from sentence_transformers.cross_encoder.modules import LogitScore
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from modeling_zerank import group_by_shared_prefix, real_token_rows
 from zerank.bench.arguments import BenchArguments
-from zerank.packaging.arguments import BuildArguments
-from zerank.packaging.convert import build, make_random_base
 from zerank.model.loading import load_reranker, resolve_dtype
 from zerank.model.package import PACKAGE_LICENSE, stale_remote_code
+from zerank.model.scoring import calibrated_score, raw_logit
+from zerank.packaging.arguments import BuildArguments
+from zerank.packaging.convert import build, make_random_base
 from zerank.utils.resources import default_tokenizer_dir, shape_config
-from zerank.model.scoring import raw_logit
 from zerank.utils.system import atomic_write_json, peak_rss_mb, reset_peak_rss
+from zerank_fast_path import group_by_shared_prefix, real_token_rows
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,9 @@ def load_paths(base: Path, zerank: Path, device: str, dtype: torch.dtype,
 
 
 def run_path(path: str, models: dict[str, CrossEncoder], pairs: Pairs, instruction: str | None,
-             st_batch_size: int) -> np.ndarray:
-    """Raw "Yes" logits of ``pairs`` through one path; for a ``runtime:DIR`` path, its ``predict`` scores."""
+             st_batch_size: int, max_batch_tokens: int | None = None) -> np.ndarray:
+    """Raw "Yes" logits of ``pairs`` through one path; for a ``runtime:DIR`` path, its ``predict`` scores.
+    ``max_batch_tokens`` is the zerank paths' per-call token budget (default: the model's)."""
     processing = {"processing_kwargs": {"chat_template": {"instruction": instruction}}} if instruction else {}
     if path.startswith(RUNTIME_PREFIX):
         return np.asarray(models[path].predict(pairs, **processing), dtype=np.float64)
@@ -163,22 +164,12 @@ def run_path(path: str, models: dict[str, CrossEncoder], pairs: Pairs, instructi
     if path == "st_native":
         return models[path].predict(pairs, batch_size=st_batch_size, **kwargs)
     model = models["zerank" if path == "zerank_no_prefix" else path]
+    # predict passes these on to the model's forward: per call, the loaded model is left as it is
+    kwargs["share_prefix"] = path != "zerank_no_prefix"
+    if max_batch_tokens is not None:
+        kwargs["max_batch_tokens"] = max_batch_tokens
     config = model.model.config
-    with config_values(config, share_query_prefix=path != "zerank_no_prefix"):
-        return raw_logit(model.predict(pairs, **kwargs), config.score_temperature, config.score_bias)
-
-
-@contextmanager
-def config_values(config, **values) -> Iterator[None]:
-    """Set attributes of a model config for the duration of a block, then restore their previous values."""
-    previous = {name: getattr(config, name) for name in values}
-    for name, value in values.items():
-        setattr(config, name, value)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            setattr(config, name, value)
+    return raw_logit(model.predict(pairs, **kwargs), config.score_temperature, config.score_bias)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -220,7 +211,7 @@ def executed_lengths(ours: CrossEncoder, pairs: Pairs, instruction: str | None) 
     rows = real_token_rows(features["input_ids"], features["attention_mask"])
     lengths = [len(r) for r in rows]
     executed = []
-    for prefix, members in group_by_shared_prefix(rows, ours.model.config.min_shared_prefix_tokens):
+    for prefix, members in group_by_shared_prefix(rows, ours.model.fast_path.settings.min_shared_prefix_tokens):
         executed += ([prefix] if prefix else []) + [lengths[i] - prefix for i in members]
     return lengths, executed
 
@@ -228,7 +219,7 @@ def executed_lengths(ours: CrossEncoder, pairs: Pairs, instruction: str | None) 
 def resolve_models(args: BenchArguments) -> tuple[Path, Path, torch.dtype]:
     """The cached (causal-LM folder, zerank folder) and the dtype: bf16 on cuda, fp32 on cpu unless ``--dtype``."""
     dtype = resolve_dtype(args.dtype or "auto", args.device)
-    base, zerank = prepare_models(shape_config(args.config), args.cache_dir, args.tokenizer or default_tokenizer_dir())
+    base, zerank = prepare_models(shape_config(args.shape), args.cache_dir, args.tokenizer or default_tokenizer_dir())
     return base, zerank, dtype
 
 
@@ -345,8 +336,8 @@ def forward_overhead_flops(model: torch.nn.Module, tokenizer: PreTrainedTokenize
 
 def crossover(args: BenchArguments, ours: CrossEncoder, matmul: float) -> dict:
     """The fast path's plan, forced, against the padded batch for 1 query x ``args.crossover_docs`` documents:
-    medians of interleaved repetitions, and whether the config's cost rule picks the faster of the two."""
-    model, config, device_type = ours.model, ours.model.config, ours.model.device.type
+    medians of interleaved repetitions, and whether the fast path's cost rule picks the faster of the two."""
+    model, fast_path, device_type = ours.model, ours.model.fast_path, ours.model.device.type
     measured = forward_overhead_flops(model, ours.tokenizer, matmul)
     rows = []
     for docs in args.crossover_docs:
@@ -355,24 +346,24 @@ def crossover(args: BenchArguments, ours: CrossEncoder, matmul: float) -> dict:
         features = {k: v.to(model.device) for k, v in ours.preprocess(pairs, **kwargs).items()
                     if k in ("input_ids", "attention_mask")}
         real = real_token_rows(features["input_ids"], features["attention_mask"])
-        plan = model._repack_plan(real, True, device_type)
+        plan = fast_path.plan(real, True, device_type, fast_path.settings.batch_token_budget(device_type))
         seconds = {"plan": [], "padded": []}
         with torch.inference_mode():
-            calls = {"plan": partial(model._run_plan, real, plan), "padded": partial(forward_logits, model, features, "plain")}
+            calls = {"plan": partial(fast_path.run, model.model, real, plan),
+                     "padded": partial(forward_logits, model, features, "plain")}
             for _ in range(args.repeats):
                 for name, call in calls.items():
                     seconds[name].append(timed(lambda call=call: (call(), synchronize(args.device))))
         padded = not bool(features["attention_mask"].all())
-        plan_cost = model._plan_cost(plan, device_type)
-        padded_cost = config.forward_cost(device_type, *features["input_ids"].shape, masked=padded)
+        plan_cost = fast_path.plan_cost(plan, device_type)
+        padded_cost = fast_path.forward_cost(device_type, *features["input_ids"].shape, masked=padded)
         plan_s, padded_s = statistics.median(seconds["plan"]), statistics.median(seconds["padded"])
         rows.append({"docs": docs, "plan_forwards": len(plan), "plan_s": plan_s, "padded_s": padded_s,
                      "plan_speedup": padded_s / plan_s, "rule_runs_plan": plan_cost < padded_cost,
                      "rule_right": (plan_cost < padded_cost) == (plan_s < padded_s), "seconds": seconds})
         logger.info("crossover, %d docs: plan %.3fs (%d forwards), padded %.3fs", docs, plan_s, len(plan), padded_s)
     return {"forward_overhead_flops_measured": measured,
-            "forward_overhead_flops_config": config.cpu_forward_overhead_flops if device_type == "cpu"
-            else config.accelerator_forward_overhead_flops, "by_docs": rows}
+            "forward_overhead_flops_config": fast_path.settings.forward_overhead_flops(device_type), "by_docs": rows}
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
@@ -400,16 +391,12 @@ def benchmark(args: BenchArguments) -> dict:
     max_diff = max(float(np.abs(scores[p] - scores["zerank"]).max()) for p in PATHS)
     logger.info("Paths agree on the raw logits within %.3g", max_diff)
 
-    def pairs_per_s(path: str, st_batch_size: int = CHECK_BATCH_SIZE) -> float:
+    def pairs_per_s(path: str, st_batch_size: int = CHECK_BATCH_SIZE, max_batch_tokens: int | None = None) -> float:
         def run() -> None:
-            run_path(path, models, pairs, instruction, st_batch_size)
+            run_path(path, models, pairs, instruction, st_batch_size, max_batch_tokens)
             synchronize(args.device)
 
         return len(pairs) / timed(run)
-
-    def pairs_per_s_with_budget(budget: int) -> float:
-        with config_values(config, max_batch_tokens=budget):
-            return pairs_per_s("zerank")
 
     sweep = {bs: pairs_per_s("st_native", bs) for bs in args.st_batch_sizes}
     best_bs = max(sweep, key=sweep.get)
@@ -421,7 +408,7 @@ def benchmark(args: BenchArguments) -> dict:
         for path in paths:
             timings[path].append(pairs_per_s(path, best_bs))
         for budget in args.batch_token_sweep:
-            budget_timings[budget].append(pairs_per_s_with_budget(budget))
+            budget_timings[budget].append(pairs_per_s("zerank", max_batch_tokens=budget))
         timings["matmul"].append(matmul_flops_per_s(config, args.device, dtype))
         logger.info("repeat %d/%d: %s", rep + 1, args.repeats,
                     {k: round(v[-1], 3) for k, v in timings.items() if k != "matmul"})
@@ -431,7 +418,7 @@ def benchmark(args: BenchArguments) -> dict:
     st_median = statistics.median(timings["st_native"])
     seconds_per_call = len(pairs) / zerank_median
     result = {
-        "config": shape_config(args.config).name, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
+        "config": shape_config(args.shape).name, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
         "docs": args.docs, "query": args.query, "repeats": args.repeats, "threads": torch.get_num_threads(),
         "tokens": sum(lengths), "tokens_executed": sum(executed),
         "paths": {path: {"pairs_per_s": summary(timings[path]), "pairs_per_s_runs": timings[path],
@@ -446,7 +433,7 @@ def benchmark(args: BenchArguments) -> dict:
     }
     if budget_timings:
         result["batch_token_sweep"] = {
-            "default": config.batch_token_budget(ours.model.device.type),
+            "default": ours.model.fast_path.settings.batch_token_budget(ours.model.device.type),
             "by_budget": {budget: {"pairs_per_s": summary(runs), "pairs_per_s_runs": runs,
                                    "ratio_vs_st": statistics.median(runs) / st_median}
                           for budget, runs in budget_timings.items()},
@@ -454,7 +441,7 @@ def benchmark(args: BenchArguments) -> dict:
     if LOW_PRECISION_PATH in paths:
         result["paths"][LOW_PRECISION_PATH]["max_logit_diff_vs_fp32"] = float(
             np.abs(scores[LOW_PRECISION_PATH] - scores["zerank"]).max())
-    calibrated = 1 / (1 + np.exp(-(scores["zerank"] - config.score_bias) / config.score_temperature))
+    calibrated = calibrated_score(scores["zerank"], config.score_temperature, config.score_bias)
     for path in paths:
         if path.startswith(RUNTIME_PREFIX):  # meaningful for a package of the benchmark's own weights
             result["paths"][path]["max_score_diff_vs_zerank"] = float(np.abs(scores[path] - calibrated).max())

@@ -3,13 +3,14 @@ the peak memory of a run on its device."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 from sentence_transformers import CrossEncoder
 
-from zerank.utils.arguments import DTYPES, ModelArguments
 from zerank.model.runtimes import RuntimeReranker, is_runtime_folder
+from zerank.utils.arguments import DTYPES, ModelArguments
 from zerank.utils.system import peak_rss_mb
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ def load_reranker(
     cross-encoder, or of a folder exported by ``zerank export --format onnx|openvino`` (a ``RuntimeReranker``, CPU);
     in eval mode. Every kind has ``predict(pairs)`` returning the 0..1 scores.
 
-    ``max_batch_tokens`` is written to a zerank model's config (``config.max_batch_tokens``), so its forward batches
-    stay under it; by default the config's value for the device kind applies.
+    ``max_batch_tokens`` becomes a zerank model's fast-path budget (``model.model.fast_path.settings``; the config is
+    untouched), so its forward batches stay under it; by default the budget of the device kind applies.
     """
     if max_batch_tokens is not None and max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}.")
@@ -67,7 +68,8 @@ def load_reranker(
     if max_length is not None:
         encoder.max_seq_length = max_length
     if max_batch_tokens is not None and is_zerank(encoder):
-        encoder.model.config.max_batch_tokens = max_batch_tokens
+        fast_path = encoder.model.fast_path
+        fast_path.settings = dataclasses.replace(fast_path.settings, max_batch_tokens=max_batch_tokens)
     encoder.model.eval()
     return encoder
 

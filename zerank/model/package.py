@@ -1,9 +1,9 @@
 """What a zerank package folder holds, and the helpers that read and write one.
 
 A package is: ``config.json`` (``model_type: zerank`` with an ``auto_map`` to the remote code), the safetensors
-weights (one file or shards with an index), ``modeling_zerank.py`` and ``zerank_st.py`` (byte-identical to this
-installation's), the tokenizer with ``chat_template.jinja``, the sentence-transformers configs and ``README.md``
-(the model card rendered from ``model_card.md``).
+weights (one file or shards with an index), the remote code ``modeling_zerank.py``, ``zerank_fast_path.py`` and
+``zerank_st.py`` (byte-identical to this installation's), the tokenizer with ``chat_template.jinja``, the
+sentence-transformers configs and ``README.md`` (the model card rendered from ``model_card.md``).
 
 Provenance: ``config.json`` carries ``source_model`` (the hub id or folder the weights came from), ``source_revision``
 (the hub commit, when downloaded) and ``source_license`` (the source card's licence id); the card's front matter has

@@ -19,8 +19,8 @@ import torch
 from sentence_transformers import CrossEncoder
 from tqdm.auto import tqdm
 
-from modeling_zerank import ZerankConfig
 from zerank.model.loading import is_zerank
+from zerank_fast_path import FastPathSettings
 
 # Pairs handed to one predict call: bounds the padded tokenized batch (the model regroups it into forward batches).
 PAIRS_PER_CALL = 256
@@ -85,10 +85,10 @@ def query_grouped_batches(queries: Sequence[str], lengths: Sequence[int], max_to
 
 
 def batch_token_budget(model: CrossEncoder) -> int:
-    """The token budget of one forward batch: zerank's config value for the model's device kind; for other
+    """The token budget of one forward batch: a zerank model's fast-path setting for its device kind; for other
     cross-encoders, zerank's default for that device kind."""
-    config = model.model.config if is_zerank(model) else ZerankConfig()
-    return config.batch_token_budget(model.device.type)
+    settings = model.model.fast_path.settings if is_zerank(model) else FastPathSettings()
+    return settings.batch_token_budget(model.device.type)
 
 
 def score_pairs(
@@ -108,8 +108,8 @@ def score_pairs(
         pairs: (query, document) pairs.
         output: "score" (the model's activation: zerank's calibrated 0..1 score), "logit" (no activation: zerank's
             calibrated logit) or "raw" (zerank's raw "Yes" logit).
-        max_batch_tokens: Token budget of one forward batch (rows x longest row). For a zerank model it is written
-            to its config (``config.max_batch_tokens``); default: the model's budget for its device kind.
+        max_batch_tokens: Token budget of one forward batch (rows x longest row). A zerank model gets it with
+            every forward (its ``max_batch_tokens`` keyword); default: the model's budget for its device kind.
         batch_size: Also cap the pairs per predict call (and so per forward batch).
         instruction: zerank only: an instruction rendered with every query.
         show_progress_bar: Show a progress bar over predict calls.
@@ -122,11 +122,8 @@ def score_pairs(
     zerank = is_zerank(model)
     if (output == "raw" or instruction) and not zerank:
         raise ValueError("output='raw' and an instruction need a zerank model (its config and chat template).")
-    if max_batch_tokens is not None:
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}.")
-        if zerank:
-            model.model.config.max_batch_tokens = max_batch_tokens
+    if max_batch_tokens is not None and max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}.")
     scores = np.zeros(len(pairs), dtype=np.float32)
     if not pairs:
         return scores
@@ -138,6 +135,8 @@ def score_pairs(
     else:
         calls = query_grouped_batches(queries, lengths, max_tokens=budget, max_pairs=batch_size)
     predict_kwargs = {"processing_kwargs": {"chat_template": {"instruction": instruction}}} if instruction else {}
+    if zerank and max_batch_tokens is not None:
+        predict_kwargs["max_batch_tokens"] = max_batch_tokens  # predict passes it on to the model's forward
     activation = None if output == "score" else torch.nn.Identity()
     for call in tqdm(calls, desc="Scoring", unit="batch", disable=not show_progress_bar):
         values = model.predict([pairs[i] for i in call], batch_size=len(call), activation_fn=activation,

@@ -220,21 +220,20 @@ def load_data(args: FinetuneArguments, first_stage: FirstStage, seed: int) -> tu
     return train_dataset, heldout, data
 
 
-def load_model(run: FinetuneRun) -> tuple[CrossEncoder, int | None, int | None]:
+def load_model(run: FinetuneRun) -> tuple[CrossEncoder, int | None]:
     """The start model on this process's device, truncating at --max-length (embeddings frozen with
-    --freeze-embeddings), with its own max_seq_length and config.max_batch_tokens, which the package keeps."""
+    --freeze-embeddings), with its own max_seq_length, which the package keeps."""
     args = run.args
     # Full fine-tuning keeps float32 weights (--bf16 is mixed precision); LoRA trains in the usual "auto" dtype.
     device = "cpu" if run.training_args.use_cpu else str(run.state.device)
     dtype = resolve_dtype(args.model_dtype if args.model_dtype != "auto" or args.lora else "float32", device)
     # Each process loads its copy on its own device (cuda:<local rank> under accelerate/torchrun).
     model = load_reranker(run.start, device=device, dtype=dtype)
-    saved_batch_tokens = getattr(model.model.config, "max_batch_tokens", None)
     context = model.max_seq_length
     model.max_seq_length = min(args.max_length, context or args.max_length)
     if args.freeze_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
-    return model, context, saved_batch_tokens
+    return model, context
 
 
 def trainer_setup(run: FinetuneRun, train_rows: int) -> tuple[CrossEncoderTrainingArguments,
@@ -313,7 +312,7 @@ def final_model(run: FinetuneRun, model: CrossEncoder, context: int | None) -> C
     return model
 
 
-def evaluate_and_recalibrate(run: FinetuneRun, model: CrossEncoder, saved_batch_tokens: int | None) -> dict:
+def evaluate_and_recalibrate(run: FinetuneRun, model: CrossEncoder) -> dict:
     """The report's ``after``, ``calibration`` and ``calibration_applied``: the trained model's held-out metrics and
     refitted score temperature and bias, which go to its config unless it is an unmerged adapter."""
     args = run.args
@@ -329,7 +328,6 @@ def evaluate_and_recalibrate(run: FinetuneRun, model: CrossEncoder, saved_batch_
     else:
         logger.warning("The adapter keeps the base model's score_temperature/score_bias; use --merge to ship the "
                        "refitted T=%.4g, b=%.4g", calibration["temperature"], calibration["bias"])
-    config.max_batch_tokens = saved_batch_tokens  # --max-batch-tokens is this run's, not the package's
     return {"after": after, "calibration": calibration, "calibration_applied": applied}
 
 
@@ -366,7 +364,7 @@ def main(args: FinetuneArguments, first_stage_args: FirstStageArguments,
     first_stage = FirstStage.from_arguments(first_stage_args)
     train_dataset, heldout, data = load_data(args, first_stage, training_args.seed)
     run = FinetuneRun(args, training_args, state, start, heldout, began)
-    model, context, saved_batch_tokens = load_model(run)
+    model, context = load_model(run)
     report: dict = {"model": args.model, "start": start, "max_length": context, "data": data}
     trainer_args, evaluator = trainer_setup(run, len(train_dataset))
     if state.is_main_process:
@@ -378,7 +376,7 @@ def main(args: FinetuneArguments, first_stage_args: FirstStageArguments,
     if not state.is_main_process:
         return report
     model = final_model(run, model, context)
-    report.update(evaluate_and_recalibrate(run, model, saved_batch_tokens))
+    report.update(evaluate_and_recalibrate(run, model))
     final = save_final(run.out, model, args, trainer_args, start, report)
     report["reload_max_abs_diff"] = check_reload(run, model, final)
     write_report(run, report, final)

@@ -21,12 +21,12 @@ MODEL_CARD_TEMPLATE = DATA_DIR / "model_card.md"
 # The published zerank checkpoints `zerank build --base NAME` converts (hub id, shape, calibration, licence).
 PRESETS_FILE = CONFIG_DIR / "presets.json"
 # The remote-code modules, installed as top-level modules beside this package and copied next to the weights.
-REMOTE_CODE_MODULES = ("modeling_zerank", "zerank_st")
+REMOTE_CODE_MODULES = ("modeling_zerank", "zerank_fast_path", "zerank_st")
 TOKENIZER_SHA256_PREFIX = "aeb13307"
 
 
 def remote_code_files() -> list[Path]:
-    """This checkout's (or installation's) ``modeling_zerank.py`` and ``zerank_st.py``."""
+    """This checkout's (or installation's) ``modeling_zerank.py``, ``zerank_fast_path.py`` and ``zerank_st.py``."""
     files = []
     for name in REMOTE_CODE_MODULES:
         spec = importlib.util.find_spec(name)
