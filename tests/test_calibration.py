@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,10 @@ from zerank.evaluation.calibration import (
     calibration_metrics,
     fit_temperature_bias,
     load_pairs,
-    model_fingerprint,
     precision_thresholds,
 )
 from zerank.data.readers import load_beir, pairs_from_beir
+from zerank.model.fingerprint import model_fingerprint
 from zerank.evaluation.first_stage import BM25Settings, FirstStage
 from zerank.model.scoring import calibrated_score
 
@@ -132,16 +133,19 @@ def test_model_fingerprint_ignores_calibration_and_batching_fields_only(tiny_mod
     assert not {"yes_token_id", "max_query_tokens"} & set(CACHE_KEY_IGNORED_FIELDS)
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    reference = model_fingerprint(str(model))
+    fingerprint = partial(model_fingerprint, ignored_config_fields=CACHE_KEY_IGNORED_FIELDS)
+    reference = fingerprint(str(model))
     config = json.loads((model / "config.json").read_text())
     for key, value in {"score_temperature": 2.0, "score_bias": 1.0, "cpu_max_batch_tokens": 64,
                        "share_query_prefix": False, "max_batch_tokens": 128}.items():
         (model / "config.json").write_text(json.dumps({**config, key: value}))
-        assert model_fingerprint(str(model)) == reference, key
+        assert fingerprint(str(model)) == reference, key
     for key, value in {"yes_token_id": 1, "max_query_tokens": 16}.items():
         (model / "config.json").write_text(json.dumps({**config, key: value}))
-        assert model_fingerprint(str(model)) != reference, key
-    assert model_fingerprint("org/some-hub-id") == {"model": "org/some-hub-id"}
+        assert fingerprint(str(model)) != reference, key
+    (model / "config.json").write_text(json.dumps(config))
+    assert fingerprint(str(model)) == reference
+    assert fingerprint("org/some-hub-id") == fingerprint("org/some-hub-id") != fingerprint("org/other-hub-id")
 
 
 # --- command line on the tiny model -----------------------------------------------------------------------------

@@ -20,14 +20,13 @@ from evaluate_data import write_synthetic_beir
 from zerank.rerank.arguments import RerankArguments
 from zerank.utils.arguments import ModelArguments, ScoringArguments
 from zerank.data.readers import read_trec_run
+from zerank.rerank.inputs import read_beir_candidates, read_pairs
 from zerank.rerank.batch import (
     MANIFEST,
     RUN_FILE,
     SCORES_DIR,
     ShardScorer,
     plan_shards,
-    read_beir_candidates,
-    read_pairs,
     read_scores,
     rerank,
 )
@@ -299,7 +298,7 @@ def test_malformed_parquet_rows_and_beir_inputs_name_the_file_and_row_or_line(ca
     with (broken / "queries.jsonl").open("a") as f:
         f.write('{"_id": "q0"}\n')
     lines = len((broken / "queries.jsonl").read_text().splitlines())
-    with pytest.raises(ValueError, match=rf"queries\.jsonl:{lines}: BEIR rows need '_id' and 'text'"):
+    with pytest.raises(ValueError, match=rf"queries\.jsonl:{lines}: missing field\(s\) \['text'\]; BEIR rows need"):
         read_beir_candidates(broken, candidates_dir / "run.trec")
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -124,12 +124,17 @@ class _Repeats:
                            self.path, self.count, self.what)
 
 
-def _read_table(path: Path, what: str, value: Callable[[int, dict], Any]) -> dict[str, Any]:
-    """id -> ``value(line_no, row)`` of a BEIR jsonl file, with :class:`_Repeats` checks."""
+def _read_table(path: Path, what: str, value: Callable[[int, dict], Any],
+                wanted: Set[str] | None = None) -> dict[str, Any]:
+    """id -> ``value(line_no, row)`` of a BEIR jsonl file, with :class:`_Repeats` checks; only the ids in ``wanted``
+    are kept when it is given (the file is streamed, so a large corpus costs the memory of what is kept)."""
     table: dict[str, Any] = {}
     repeats = _Repeats(path, what)
     for line_no, row in _read_jsonl(path, ("_id", "text")):
-        key, content = _row_id(path, line_no, row["_id"]), value(line_no, row)
+        key = _row_id(path, line_no, row["_id"])
+        if wanted is not None and key not in wanted:
+            continue
+        content = value(line_no, row)
         if key in table:
             repeats.check(line_no, repr(key), table[key], content, partial(_first_line, path, key))
         else:
@@ -187,6 +192,19 @@ def read_qrels(path: Path) -> Qrels:
     return qrels
 
 
+def read_queries(path: Path, wanted: Set[str] | None = None) -> dict[str, str]:
+    """Query id -> text of a BEIR ``queries.jsonl`` (only the ids in ``wanted``, when given)."""
+    return _read_table(path, "query id", lambda line_no, row: _text(path, line_no, row, "text", nullable=False),
+                       wanted)
+
+
+def read_corpus(path: Path, wanted: Set[str] | None = None) -> dict[str, dict[str, str]]:
+    """Document id -> {"title", "text"} of a BEIR ``corpus.jsonl`` (only the ids in ``wanted``, when given)."""
+    return _read_table(path, "document id", lambda line_no, row: {
+        "title": _text(path, line_no, row, "title", nullable=True),
+        "text": _text(path, line_no, row, "text", nullable=True)}, wanted)
+
+
 def load_beir(folder: str | Path, split: str = "test", *, load_corpus: bool = True) -> BeirDataset:
     """Load a BEIR folder's corpus, queries and ``qrels/<split>.tsv``.
 
@@ -200,14 +218,8 @@ def load_beir(folder: str | Path, split: str = "test", *, load_corpus: bool = Tr
     if not qrels_path.exists():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise FileNotFoundError(f"{qrels_path} not found; splits available in {folder}: {available or 'none'}.")
-    queries_path, corpus_path = folder / "queries.jsonl", folder / "corpus.jsonl"
-    queries = _read_table(queries_path, "query id",
-                          lambda line_no, row: _text(queries_path, line_no, row, "text", nullable=False))
-    corpus: dict[str, dict[str, str]] = {}
-    if load_corpus:
-        corpus = _read_table(corpus_path, "document id", lambda line_no, row: {
-            "title": _text(corpus_path, line_no, row, "title", nullable=True),
-            "text": _text(corpus_path, line_no, row, "text", nullable=True)})
+    queries = read_queries(folder / "queries.jsonl")
+    corpus = read_corpus(folder / "corpus.jsonl") if load_corpus else {}
     qrels = read_qrels(qrels_path)
     unknown = [q for q in qrels if q not in queries]
     if unknown:

@@ -42,9 +42,11 @@ from scipy.special import expit
 from sentence_transformers import CrossEncoder
 from transformers import AutoConfig
 
+from zerank_fast_path import FastPathSettings
 from zerank.evaluation.arguments import CalibrateArguments, check_calibrate
 from zerank.utils.arguments import FirstStageArguments, ModelArguments, ScoringArguments
 from zerank.data.readers import LabelledPairs, holdout_mask, load_beir, pairs_from_beir, pairs_from_jsonl, select_queries
+from zerank.model.fingerprint import model_fingerprint
 from zerank.model.loading import is_zerank, load_from_arguments
 from zerank.model.package import ZERANK_FIELDS
 from zerank.evaluation.first_stage import FirstStage
@@ -63,7 +65,9 @@ PRECISION_TARGETS: tuple[float, ...] = tuple(
 # (calibration and inference batching: score_temperature/bias, prefix sharing, batch-token budgets) do not, so
 # they stay out of the raw-logit cache key.
 RAW_LOGIT_FIELDS = ("yes_token_id", "max_query_tokens")
-CACHE_KEY_IGNORED_FIELDS = (*(name for name in ZERANK_FIELDS if name not in RAW_LOGIT_FIELDS), "transformers_version")
+# Packages built before 0.3 also carry the fast path's runtime settings in config.json: they never change a logit.
+CACHE_KEY_IGNORED_FIELDS = (*(name for name in ZERANK_FIELDS if name not in RAW_LOGIT_FIELDS),
+                            *(f.name for f in fields(FastPathSettings)), "transformers_version")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,19 +247,6 @@ def calibrate(raw_fit: np.ndarray, y_fit: np.ndarray, raw_held: np.ndarray, y_he
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model_path: str) -> dict:
-    """What identifies a model's raw logits: its config without the fields that leave them unchanged
-    (``CACHE_KEY_IGNORED_FIELDS``) and its weight files (name, size, modification time)."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return {"model": model_path}
-    config = json.loads((folder / "config.json").read_text())
-    for key in CACHE_KEY_IGNORED_FIELDS:
-        config.pop(key, None)
-    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))
-    return {"model": str(folder.resolve()), "config": config, "weights": weights}
-
-
 def cached_raw_logits(model_path: str, pairs: LabelledPairs, cache_dir: Path, *,
                       load_model: Callable[[], CrossEncoder], max_length: int | None = None,
                       instruction: str | None = None, max_batch_tokens: int | None = None,
@@ -266,9 +257,9 @@ def cached_raw_logits(model_path: str, pairs: LabelledPairs, cache_dir: Path, *,
     do not change the logits). ``load_model`` is called only on a cache miss. Returns (raw logits as float64, cache
     file, whether it was a hit).
     """
+    fingerprint = model_fingerprint(model_path, ignored_config_fields=CACHE_KEY_IGNORED_FIELDS)
     key = hashlib.sha256(json.dumps(
-        {"fingerprint": model_fingerprint(model_path), "pairs": pairs.digest(), "max_length": max_length,
-         "instruction": instruction},
+        {"fingerprint": fingerprint, "pairs": pairs.digest(), "max_length": max_length, "instruction": instruction},
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"raw-{key}.npz"
     if cache.exists():
