@@ -32,10 +32,10 @@ class BenchArguments:
                 "plain path, each run in a fresh process for its peak RSS."})
     crossover_docs: list[int] = field(default_factory=list, metadata={
         "help": "Also time the fast path's plan (forced) against the padded batch for 1 query x each of these "
-                "document counts, and measure the fixed cost of one forward (the config's *_forward_overhead_flops)."})
+                "document counts, and measure the fixed cost of one forward (the fast path's *_forward_overhead_flops)."})
     batch_token_sweep: list[int] = field(default_factory=list, metadata={
         "help": "Also time the zerank path with each of these max_batch_tokens (e.g. 256 512 1024 2048), "
-                "interleaved with the other paths: the sweep behind the config's per-device default."})
+                "interleaved with the other paths: the sweep behind the fast path's per-device default."})
     runtime_dirs: list[str] = field(default_factory=list, metadata={
         "help": "Also time these model folders (exported ONNX/OpenVINO packages or torch packages) through "
                 "zerank.model.loading.load_reranker(DIR).predict(pairs) on the same workload."})
