@@ -4,7 +4,7 @@
 # What:    zerank evaluate (the starting model) -> zerank finetune (CrossEncoderTrainer on the train split, with
 #          BM25-mined negatives; it refits the calibration and writes a complete package to $OUT/finetune/final)
 #          -> zerank evaluate (the fine-tuned package) on the same split and queries.
-# Inputs:  MODEL  a zerank folder or hub id (zeroentropy/zerank-1-small by default)
+# Inputs:  MODEL  a zerank folder or hub id (zeroentropy/zerank-1-small-reranker by default)
 #          DATA   a BEIR folder with a train split (qrels/train.tsv) and an evaluation split (qrels/test.tsv)
 # Outputs: $OUT/evaluate-before, $OUT/finetune (checkpoints, report.json, final/), $OUT/evaluate-after.
 # Adapt:   LOSS (bce, lambda, listnet, ranknet), MAX_STEPS, LEARNING_RATE, BATCH_SIZE; add trainer flags
@@ -12,7 +12,7 @@
 #          ZERANK_TINY=1 runs the whole recipe offline on the tiny random model (what CI does).
 set -euo pipefail
 
-MODEL=${MODEL:-zeroentropy/zerank-1-small}
+MODEL=${MODEL:-zeroentropy/zerank-1-small-reranker}
 DATA=${DATA:-../shared/data/ir/scifact}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}
 EVAL_SPLIT=${EVAL_SPLIT:-test}

@@ -4,7 +4,7 @@
 # What:    zerank export --format vllm (parity-checked against the zerank package) -> vllm serve the export
 #          (skipped with a message when vLLM is not installed) -> or zerank serve the package (ZeroEntropy's rerank
 #          API, plus the Cohere / Jina / TEI shapes).
-# Inputs:  MODEL   a zerank folder or hub id (zeroentropy/zerank-1-small by default)
+# Inputs:  MODEL   a zerank folder or hub id (zeroentropy/zerank-1-small-reranker by default)
 #          SERVER  vllm or zerank: which server to run in the foreground (default: vllm when installed, else zerank)
 #          HOST, PORT  where the server listens (127.0.0.1:8000)
 # Outputs: $OUT/vllm (the vLLM export); the server runs until stopped (Ctrl-C).
@@ -14,7 +14,7 @@
 #          one rerank request with curl and stops the server.
 set -euo pipefail
 
-MODEL=${MODEL:-zeroentropy/zerank-1-small}
+MODEL=${MODEL:-zeroentropy/zerank-1-small-reranker}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 OUT=${OUT:-outputs/serve-vllm}

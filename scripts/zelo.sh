@@ -4,8 +4,8 @@
 # What:    zerank pairs (random cycles of document pairs over each query's BM25 candidates) -> zerank judge (the
 #          built-in judge: a zerank model's pointwise scores as pairwise preferences) -> zerank elo (Elo scores with
 #          standard errors, one scale across queries) -> zerank finetune --loss elo-mse (the student learns the Elo).
-# Inputs:  JUDGE  the judging model (a zerank folder or hub id; zeroentropy/zerank-1 by default)
-#          MODEL  the student to fine-tune (zeroentropy/zerank-1-small by default)
+# Inputs:  JUDGE  the judging model (a zerank folder or hub id; zeroentropy/zerank-1-reranker by default)
+#          MODEL  the student to fine-tune (zeroentropy/zerank-1-small-reranker by default)
 #          DATA   a BEIR folder; the queries of qrels/$SPLIT.tsv are used, their labels are not
 # Outputs: $OUT/pairs, $OUT/judged, $OUT/elo, $OUT/finetune (final/ is the fine-tuned package).
 # Adapt:   replace the judge step with your own judge (an LLM, annotators) writing judgments.jsonl in the same
@@ -13,8 +13,8 @@
 #          ZERANK_TINY=1 runs the whole recipe offline on the tiny random model as judge and student (what CI does).
 set -euo pipefail
 
-JUDGE=${JUDGE:-zeroentropy/zerank-1}
-MODEL=${MODEL:-zeroentropy/zerank-1-small}
+JUDGE=${JUDGE:-zeroentropy/zerank-1-reranker}
+MODEL=${MODEL:-zeroentropy/zerank-1-small-reranker}
 DATA=${DATA:-../shared/data/ir/scifact}
 SPLIT=${SPLIT:-train}
 EVAL_SPLIT=${EVAL_SPLIT:-test}

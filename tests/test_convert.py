@@ -16,12 +16,20 @@ from huggingface_hub import metadata_load
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from zerank.model.loading import load_reranker
+from zerank.model.package import rendered_prompts
 from zerank.packaging import convert
 from zerank.packaging.arguments import BuildArguments
 from zerank.packaging.convert import build, make_random_base
-from zerank.model.loading import load_reranker
-from zerank.model.package import rendered_prompts
-from zerank.utils.resources import CHAT_TEMPLATE_FILE, ST_CONFIG_DIR, Preset, presets, shape_config, shape_names
+from zerank.utils.resources import (
+    CHAT_TEMPLATE_FILE,
+    ST_CONFIG_DIR,
+    Preset,
+    find_preset,
+    presets,
+    shape_config,
+    shape_names,
+)
 
 
 def test_built_folder_is_a_complete_package(tiny_model_dir):
@@ -193,10 +201,14 @@ def test_refuses_mismatched_vocabulary_and_a_missing_yes_row(hub_sources, tmp_pa
 def test_presets_name_the_published_checkpoints():
     found = presets()
     assert {name: (p.hub_id, p.license) for name, p in found.items()} == {
-        "zerank-1-small": ("zeroentropy/zerank-1-small", "apache-2.0"),
-        "zerank-1": ("zeroentropy/zerank-1", "cc-by-nc-4.0"),
-        "zerank-2": ("zeroentropy/zerank-2", "cc-by-nc-4.0"),
+        "zerank-1-small": ("zeroentropy/zerank-1-small-reranker", "apache-2.0"),
+        "zerank-1": ("zeroentropy/zerank-1-reranker", "cc-by-nc-4.0"),
+        "zerank-2": ("zeroentropy/zerank-2-reranker", "cc-by-nc-4.0"),
     }
+    # The former ids (the hub redirects them) name the same presets.
+    for name in found:
+        assert find_preset(name) == find_preset(f"zeroentropy/{name}") == find_preset(f"zeroentropy/{name}-reranker")
+    assert find_preset("zeroentropy/zerank-3") is None and find_preset("Qwen/Qwen3-4B") is None
     shapes = {name: json.loads(shape_config(p.shape).read_text()) for name, p in found.items()}
     assert shapes["zerank-1-small"]["hidden_size"] == 2048 and shapes["zerank-1-small"]["num_hidden_layers"] == 28
     assert all(shapes[n]["hidden_size"] == 2560 and shapes[n]["num_hidden_layers"] == 36 for n in ("zerank-1",
@@ -213,10 +225,13 @@ def test_presets_resolve_to_the_hub_repo_with_their_calibration(hub_sources, tmp
         return hub_sources["zerank-1-small"]
 
     monkeypatch.setattr(convert, "resolve_model_dir", fake_download)
-    with pytest.raises(ValueError, match=r"zeroentropy/zerank-1-small does not have the shape of zerank-1-small "
-                                         r"\(zerank-1-small.json\): hidden_size 64 \(expected 2048\)"):
+    with pytest.raises(ValueError, match=r"zeroentropy/zerank-1-small-reranker does not have the shape of "
+                                         r"zerank-1-small \(zerank-1-small.json\): hidden_size 64 \(expected 2048\)"):
         build(BuildArguments(out=tmp_path / "refused", base="zerank-1-small", revision="v1"))
-    assert downloads == [("zeroentropy/zerank-1-small", "v1")] and not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match=r"does not have the shape of zerank-1-small"):
+        build(BuildArguments(out=tmp_path / "refused", base="zeroentropy/zerank-1-small", revision="v1"))
+    assert downloads == [("zeroentropy/zerank-1-small-reranker", "v1"), ("zeroentropy/zerank-1-small", "v1")]
+    assert not (tmp_path / "refused").exists()
 
     tiny = Preset(name="zerank-1-small", hub_id="zeroentropy/zerank-1-small", shape="tiny", score_temperature=4.0,
                   score_bias=1.0, license="cc-by-nc-4.0")
@@ -231,15 +246,19 @@ def test_presets_resolve_to_the_hub_repo_with_their_calibration(hub_sources, tmp
     assert card["base_model"] == "zeroentropy/zerank-1-small" and card["license"] == "apache-2.0"
 
 
+REPO = "example/tiny-zerank-base"
+
+
 def test_hub_download_pins_the_revision(hub_sources, tmp_path):
-    """The real huggingface_hub client (snapshot_download at a revision) against tests/hub_server.py."""
+    """The real huggingface_hub client (snapshot_download at a revision) against tests/hub_server.py. The tiny
+    layout is served under an id that is no preset's (a preset's repo must have the preset's shape)."""
     with HubServer(token="hf_unused") as hub:
-        commit = serve_layout(hub, hub_sources["zerank-1-small"], "zeroentropy/zerank-1-small")
+        commit = serve_layout(hub, hub_sources["zerank-1-small"], REPO)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
         env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"))
         out = tmp_path / "zerank-1-small"
         result = subprocess.run(
-            [sys.executable, "-m", "zerank.cli", "build", "--base", "zeroentropy/zerank-1-small", "--revision", commit,
+            [sys.executable, "-m", "zerank.cli", "build", "--base", REPO, "--revision", commit,
              "--out", str(out), "--no-verify"], env=env, check=False, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         assert not hub.unknown_requests
@@ -248,7 +267,7 @@ def test_hub_download_pins_the_revision(hub_sources, tmp_path):
     # The download is the source's own files, so the weights are the fixture's (parity is checked on it above).
     assert load_file(out / "model.safetensors")["score.weight"].shape == (1, 64)
     config = json.loads((out / "config.json").read_text())
-    assert (config["source_model"], config["source_revision"]) == ("zeroentropy/zerank-1-small", commit)
+    assert (config["source_model"], config["source_revision"]) == (REPO, commit)
     card = metadata_load(out / "README.md")
-    assert card["base_model"] == "zeroentropy/zerank-1-small" and card["license"] == "apache-2.0"
+    assert card["base_model"] == REPO and card["license"] == "apache-2.0"
     assert f"revision `{commit}`" in (out / "README.md").read_text()

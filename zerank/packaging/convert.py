@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from modeling_zerank import ZerankConfig
-from zerank.packaging.arguments import BuildArguments
 from zerank.model.loading import load_reranker
 from zerank.model.package import (
     AUTO_MAP,
@@ -53,8 +52,17 @@ from zerank.model.package import (
     stored_bytes,
     weight_map,
 )
-from zerank.utils.resources import CHAT_TEMPLATE_FILE, Preset, default_tokenizer_dir, presets, shape_config
+from zerank.model.pair_template import install_pair_template, template_pieces
 from zerank.model.scoring import raw_logit
+from zerank.packaging.arguments import BuildArguments
+from zerank.utils.resources import (
+    CHAT_TEMPLATE_FILE,
+    Preset,
+    default_tokenizer_dir,
+    find_preset,
+    presets,
+    shape_config,
+)
 from zerank.utils.system import atomic_write_json, atomic_write_text, peak_rss_mb, staged_output_dir
 
 logger = logging.getLogger(__name__)
@@ -81,8 +89,9 @@ class Source:
 
 def resolve_source(base: str, revision: str | None) -> Source:
     """``--base`` as a folder: a preset name (its hub repo), a hub id (downloaded at ``revision``) or a local path."""
-    preset = presets().get(base) if not Path(base).exists() else None
-    model = preset.hub_id if preset else base
+    preset = find_preset(base, presets()) if not Path(base).exists() else None
+    # A preset's name downloads its current repo; a hub id (current or former: the hub redirects) as given.
+    model = preset.hub_id if preset and base == preset.name else base
     folder = resolve_model_dir(model, revision, BASE_FILE_PATTERNS)
     hub_id = model if is_hub_id(model) else None
     license_id = card_license(folder)
@@ -242,10 +251,12 @@ def convert_weights(base_dir: Path, out_dir: Path, yes_token_id: int, max_shard_
 
 
 def write_tokenizer(tokenizer_src: str | Path, out_dir: Path, max_length: int) -> PreTrainedTokenizerBase:
-    """Save the tokenizer with zerank's chat template (as chat_template.jinja) and the context length."""
+    """Save the tokenizer with zerank's chat template (as chat_template.jinja), its pair template (so that
+    ``tokenizer(query, document)`` renders the prompt) and the context length."""
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_src))
     tokenizer.chat_template = CHAT_TEMPLATE_FILE.read_text()
     tokenizer.model_max_length = max_length
+    install_pair_template(tokenizer)
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 
@@ -309,6 +320,7 @@ def build(args: BuildArguments) -> dict:
             raise ValueError(f"--yes-token {args.yes_token!r} is not a single token (ids {yes_ids}).")
         check_vocabulary(base_dir, raw, tokenizer, yes_ids[0])
         config = make_config(raw, args, yes_ids[0], source.preset)
+        config.prompt_prefix_ids, _, config.prompt_suffix_ids = template_pieces(tokenizer)
         config.source_model = source.model
         config.source_revision = source.revision
         config.source_license = license_id

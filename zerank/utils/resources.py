@@ -64,11 +64,24 @@ class Preset:
     score_temperature: float
     score_bias: float
     license: str
+    former_hub_ids: tuple[str, ...] = ()  # ids the hub still redirects to ``hub_id``
+
+    def __post_init__(self):
+        object.__setattr__(self, "former_hub_ids", tuple(self.former_hub_ids))
 
 
 def presets() -> dict[str, Preset]:
     """The presets of ``config/presets.json`` by name: zerank-1-small, zerank-1, zerank-2."""
     return {name: Preset(name=name, **fields) for name, fields in json.loads(PRESETS_FILE.read_text()).items()}
+
+
+def find_preset(name_or_id: str, known: dict[str, Preset] | None = None) -> Preset | None:
+    """The preset named ``name_or_id``, or whose hub repo it is, under its current or a former id
+    (``zeroentropy/zerank-1`` is now ``zeroentropy/zerank-1-reranker``); None for anything else."""
+    for preset in (presets() if known is None else known).values():
+        if name_or_id in (preset.name, preset.hub_id, *preset.former_hub_ids):
+            return preset
+    return None
 
 
 def default_tokenizer_dir() -> Path:
