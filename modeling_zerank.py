@@ -43,6 +43,8 @@ try:  # a relative import, so that transformers copies the sibling module with t
 except ImportError:  # imported as a top-level module (the zerank library, the tests)
     from zerank_fast_path import FastPath, FastPathSettings
 
+logger = transformers.utils.logging.get_logger(__name__)  # transformers' logger (warning_once: once per process)
+
 
 @strict
 class ZerankConfig(Qwen3Config):
@@ -64,6 +66,11 @@ class ZerankConfig(Qwen3Config):
             a special-token string in them (``<|im_end|>``) becomes ordinary characters, never a control token, so
             content cannot close its turn. False restores upstream's encoding (the rendered prompt tokenized as one
             string), for parity with runtimes that do so.
+        prompt_prefix_ids (`list[int]`, *optional*):
+            Token ids that begin every rendered prompt (zerank's template up to the query). With
+            ``prompt_suffix_ids``, lets the model notice input that was not rendered with the template.
+        prompt_suffix_ids (`list[int]`, *optional*):
+            Token ids that end every rendered prompt (the template after the document: the assistant prompt).
         num_labels (`int`, *optional*, defaults to 1):
             One relevance logit per pair. Qwen3Config's default of 2 would make sentence-transformers skip the sigmoid.
 
@@ -79,6 +86,8 @@ class ZerankConfig(Qwen3Config):
     score_bias: float = 0.0
     max_query_tokens: int = 4096
     split_special_tokens_in_content: bool = True
+    prompt_prefix_ids: list[int] | None = None
+    prompt_suffix_ids: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         if self.id2label is None:
@@ -96,9 +105,64 @@ class ZerankConfig(Qwen3Config):
             raise ValueError(f"zerank scores one logit per pair, so num_labels must be 1, got {self.num_labels}.")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware: x86 with AVX512-BF16 or AMX, Arm with the BF16
+    extension (read from /proc/cpuinfo on Linux). Elsewhere torch emulates bf16 on the CPU, many times slower than
+    fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    if any(getattr(torch.cpu, check, lambda: False)() for check in checks):
+        return True
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(line.split()))
+    except OSError:
+        pass
+    return False
+
+
+def accelerator_available() -> bool:
+    """A GPU (CUDA/ROCm, XPU or MPS) that the model could be moved to after loading."""
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool(torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                or (mps is not None and mps.is_available()))
+
+
+def cpu_compute_dtype(stored: torch.dtype | None, device_map=None) -> torch.dtype | None:
+    """The dtype to load a checkpoint stored in ``stored`` with when no dtype was asked for: fp32 instead of bf16
+    when the model will run on a CPU without native bf16 (no accelerator, or ``device_map`` on the CPU); None keeps
+    the stored dtype. Says so once in the log."""
+    on_cpu = str(device_map) == "cpu" if device_map is not None else not accelerator_available()
+    if stored != torch.bfloat16 or not on_cpu or cpu_has_native_bf16():
+        return None
+    logger.warning_once("zerank: the weights are stored in bf16 but this CPU has no native bf16 (AVX512-BF16, AMX or "
+                        "Arm BF16), where bf16 runs several times slower than fp32: computing in fp32. Pass "
+                        "model_kwargs={'dtype': torch.bfloat16} to keep bf16.")
+    return torch.float32
+
+
 class ZerankPreTrainedModel(Qwen3PreTrainedModel):
     config_class = ZerankConfig
     config: ZerankConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; without a ``dtype``, a bf16 checkpoint that would run emulated on this
+        CPU loads in fp32 (:func:`cpu_compute_dtype`)."""
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            config = kwargs.get("config")
+            if not isinstance(config, transformers.PretrainedConfig):
+                hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+                config = ZerankConfig.from_pretrained(config or pretrained_model_name_or_path,
+                                                      **{k: kwargs[k] for k in hub if k in kwargs})
+            stored = getattr(config, "dtype", None)
+            dtype = cpu_compute_dtype(getattr(torch, stored) if isinstance(stored, str) else stored,
+                                      kwargs.get("device_map"))
+            if dtype is not None:
+                kwargs["dtype"] = dtype
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
 class ZerankForSequenceClassification(ZerankPreTrainedModel):
@@ -121,6 +185,7 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
         if not isinstance(fast_path, FastPathSettings):
             fast_path = FastPathSettings.from_values(config, fast_path)
         self.fast_path = FastPath(config, fast_path)
+        self._warned_unrendered = False
         self.post_init()
 
     def forward(
@@ -140,6 +205,7 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
         max_batch_tokens (`int`, *optional*):
             Overrides the fast path's token budget of one forward batch (rows x longest row) for this call.
         """
+        self.check_rendered(input_ids, attention_mask)
         if self._uses_fast_path(input_ids, position_ids, inputs_embeds, labels, kwargs):
             pooled = self.fast_path.pooled_hidden(self.model, input_ids, attention_mask, share_prefix=share_prefix,
                                                   max_batch_tokens=max_batch_tokens)
@@ -178,6 +244,30 @@ class ZerankForSequenceClassification(ZerankPreTrainedModel):
     def calibrate(self, raw_logit: torch.Tensor) -> torch.Tensor:
         """Map raw "Yes" logits to calibrated logits, whose sigmoid is the 0..1 relevance score."""
         return (raw_logit - self.config.score_bias) / self.config.score_temperature
+
+    def check_rendered(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+        """Warn once when a row of ``input_ids`` does not begin and end as zerank's template renders a pair (for
+        example ``tokenizer(query, document)`` with a tokenizer that lacks zerank's pair template)."""
+        prefix, suffix = self.config.prompt_prefix_ids, self.config.prompt_suffix_ids
+        if self._warned_unrendered or input_ids is None or input_ids.dim() != 2 or not (prefix and suffix):
+            return
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        first = attention_mask.long().argmax(dim=-1, keepdim=True)
+        last = last_token_index(attention_mask, input_ids.shape[1], input_ids.device).unsqueeze(-1)
+        starts = first + torch.arange(len(prefix), device=input_ids.device)
+        ends = last - len(suffix) + 1 + torch.arange(len(suffix), device=input_ids.device)
+        width = input_ids.shape[1]
+        rows_ok = ((last - first + 1) >= len(prefix) + len(suffix)).squeeze(-1)
+        rows_ok &= (input_ids.gather(1, starts.clamp(0, width - 1)) == input_ids.new_tensor(prefix)).all(-1)
+        rows_ok &= (input_ids.gather(1, ends.clamp(0, width - 1)) == input_ids.new_tensor(suffix)).all(-1)
+        if not bool(rows_ok.all()):
+            self._warned_unrendered = True
+            logger.warning(
+                "zerank got input ids that are not its rendered prompt (they should begin with %s and end with %s), "
+                "so its scores are meaningless. Render pairs with zerank's template: CrossEncoder.predict, "
+                "tokenizer(query, document) with the package's tokenizer, or zerank_st.encode_pairs.",
+                prefix, suffix)
 
     def _uses_fast_path(self, input_ids, position_ids, inputs_embeds, labels, kwargs) -> bool:
         """Inference on plain 2-D token ids, nothing asked of the backbone but the last hidden states."""

@@ -39,6 +39,15 @@ class BenchArguments:
     runtime_dirs: list[str] = field(default_factory=list, metadata={
         "help": "Also time these model folders (exported ONNX/OpenVINO packages or torch packages) through "
                 "zerank.model.loading.load_reranker(DIR).predict(pairs) on the same workload."})
+    llama_types: list[str] = field(default_factory=list, metadata={
+        "help": "The CPU race: also time llama.cpp's llama-server on GGUF exports of the same weights, one path per "
+                "type (F32, F16, BF16, Q8_0, Q4_K_M), with the benchmark's threads; prints the race table."})
+    llama_cpp: str | None = field(default=None, metadata={
+        "help": "llama.cpp tree with build/bin/llama-server (default: $ZERANK_LLAMA_CPP, else the cache)."})
+    llama_slots: int = field(default=1, metadata={"help": "llama-server's parallel slots (-np)."})
+    llama_exact: bool = field(default=True, metadata={
+        "help": "Run llama-server with an F32 KV cache and flash attention off (the export's parity flags); "
+                "--no-llama-exact keeps the server's defaults (F16 cache, flash attention)."})
 
     def __post_init__(self):
         check_positive(self, "docs", "repeats")
@@ -48,6 +57,13 @@ class BenchArguments:
             raise ValueError(f"--batch-token-sweep budgets must be at least 1 token, got {self.batch_token_sweep}.")
         if any(n < 1 for n in self.crossover_docs):
             raise ValueError(f"--crossover-docs must be at least 1, got {self.crossover_docs}.")
+        self.llama_types = [t.upper() for t in self.llama_types]
+        known = ("F32", "F16", "BF16", "Q8_0", "Q4_K_M")
+        if unknown := [t for t in self.llama_types if t not in known]:
+            raise ValueError(f"--llama-types must be among {', '.join(known)}, got {unknown}.")
+        check_positive(self, "llama_slots")
+        if self.llama_types and self.query != "short":
+            raise ValueError("llama.cpp's rerank prompt has no instruction: --llama-types needs --query short.")
 
 
 @dataclass

@@ -18,6 +18,10 @@ in one process, interleaved, ``--repeats`` times:
 - ``runtime:DIR`` for each ``--runtime-dirs DIR``: ``zerank.model.loading.load_reranker(DIR).predict(pairs)`` (an exported
   ONNX/OpenVINO package or a torch package), with its largest score difference to zerank's (meaningful for a package
   of the benchmark's own weights);
+- ``llama:TYPE`` for each ``--llama-types TYPE`` (the CPU race, ``zerank.bench.llama_race``): llama.cpp's
+  ``llama-server --reranking`` on the GGUF export of the same zerank folder, with the benchmark's threads; its scores'
+  largest difference and Spearman correlation to zerank fp32 over the whole workload are reported, and ``zerank
+  bench`` prints the race table;
 - ``matmul``: an fp32/bf16 matrix product of the model's MLP size, the machine's roofline.
 
 Peak memory is measured for each path in its own process (``python -m zerank.bench.speed memory ARGS_JSON PATH
@@ -65,6 +69,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from zerank.bench.arguments import BenchArguments
+from zerank.bench.llama_race import LLAMA_PREFIX, llama_path, race_table, server_peak_rss_mb, spearman, start_servers
 from zerank.model.loading import load_reranker, resolve_dtype
 from zerank.model.package import PACKAGE_LICENSE, stale_remote_code
 from zerank.model.scoring import calibrated_score, raw_logit
@@ -131,7 +136,8 @@ def make_workload(tokenizer: PreTrainedTokenizerBase, docs: int, query: str, see
 def bench_paths(args: BenchArguments, dtype: torch.dtype) -> tuple[str, ...]:
     """The timed paths: ``PATHS``, ``zerank_bf16`` when the benchmark runs in fp32, and one per ``--runtime-dirs``."""
     low_precision = (LOW_PRECISION_PATH,) if dtype == torch.float32 else ()
-    return (*PATHS, *low_precision, *(RUNTIME_PREFIX + str(folder) for folder in args.runtime_dirs))
+    return (*PATHS, *low_precision, *(RUNTIME_PREFIX + str(folder) for folder in args.runtime_dirs),
+            *(llama_path(file_type) for file_type in args.llama_types))
 
 
 def load_paths(base: Path, zerank: Path, device: str, dtype: torch.dtype,
@@ -158,6 +164,8 @@ def run_path(path: str, models: dict[str, CrossEncoder], pairs: Pairs, instructi
     """Raw "Yes" logits of ``pairs`` through one path; for a ``runtime:DIR`` path, its ``predict`` scores.
     ``max_batch_tokens`` is the zerank paths' per-call token budget (default: the model's)."""
     processing = {"processing_kwargs": {"chat_template": {"instruction": instruction}}} if instruction else {}
+    if path.startswith(LLAMA_PREFIX):  # llama-server's scores (no instruction: refused by the arguments)
+        return np.asarray(models[path].predict(pairs), dtype=np.float64)
     if path.startswith(RUNTIME_PREFIX):
         return np.asarray(models[path].predict(pairs, **processing), dtype=np.float64)
     kwargs = {"activation_fn": torch.nn.Identity(), "show_progress_bar": False, **processing}
@@ -376,6 +384,19 @@ def benchmark(args: BenchArguments) -> dict:
     base, zerank, dtype = resolve_models(args)
     paths = bench_paths(args, dtype)
     models = load_paths(base, zerank, args.device, dtype, which=paths)
+    servers = start_servers(zerank, args.llama_types, args.llama_cpp, torch.get_num_threads(), args.llama_slots,
+                            args.llama_exact) if args.llama_types else {}
+    models.update(servers)
+    try:
+        return run_benchmark(args, base, zerank, dtype, paths, models, servers)
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+def run_benchmark(args: BenchArguments, base: Path, zerank: Path, dtype: torch.dtype, paths: tuple[str, ...],
+                  models: dict, servers: dict) -> dict:
+    """``benchmark`` once the models are loaded (and the llama-servers of the race started)."""
     ours = models["zerank"]
     config = ours.model.config
     pairs, instruction = make_workload(ours.tokenizer, args.docs, args.query, args.seed)
@@ -391,9 +412,11 @@ def benchmark(args: BenchArguments) -> dict:
     max_diff = max(float(np.abs(scores[p] - scores["zerank"]).max()) for p in PATHS)
     logger.info("Paths agree on the raw logits within %.3g", max_diff)
 
+    outputs: dict[str, np.ndarray] = {}  # each path's output on the whole workload (its last timed run)
+
     def pairs_per_s(path: str, st_batch_size: int = CHECK_BATCH_SIZE, max_batch_tokens: int | None = None) -> float:
         def run() -> None:
-            run_path(path, models, pairs, instruction, st_batch_size, max_batch_tokens)
+            outputs[path] = run_path(path, models, pairs, instruction, st_batch_size, max_batch_tokens)
             synchronize(args.device)
 
         return len(pairs) / timed(run)
@@ -445,12 +468,25 @@ def benchmark(args: BenchArguments) -> dict:
     for path in paths:
         if path.startswith(RUNTIME_PREFIX):  # meaningful for a package of the benchmark's own weights
             result["paths"][path]["max_score_diff_vs_zerank"] = float(np.abs(scores[path] - calibrated).max())
+    if servers:  # the race: agreement with zerank fp32 over the whole workload (each path's last timed run)
+        reference = calibrated_score(outputs["zerank"], config.score_temperature, config.score_bias)
+        bf16 = ({LOW_PRECISION_PATH: calibrated_score(outputs[LOW_PRECISION_PATH], config.score_temperature,
+                                                      config.score_bias)} if LOW_PRECISION_PATH in paths else {})
+        for path, path_scores in {**bf16, **{path: outputs[path] for path in servers}}.items():
+            result["paths"][path]["max_score_diff_vs_zerank"] = float(np.abs(path_scores - reference).max())
+            result["paths"][path]["spearman_vs_zerank"] = spearman(path_scores, reference)
+        for path, server in servers.items():
+            result["paths"][path]["server_peak_rss_mb"] = server_peak_rss_mb(server)
+            result["paths"][path]["server_command"] = " ".join(server.command)
     if args.crossover_docs:
         result["crossover"] = crossover(args, ours, matmul)
     if args.memory:
-        del ours, models
+        del ours
+        models.clear()  # the caller holds the same dict: free the models before the memory children run
         gc.collect()
         for path in paths:
+            if path in servers:  # a llama-server's own peak RSS is reported above
+                continue
             logger.info("Measuring the peak memory of %s in a fresh process", path)
             result["paths"][path].update(measure_memory(args, path, best_bs))
     if args.long_rows:
@@ -462,6 +498,8 @@ def main(args: BenchArguments) -> dict:
     """``zerank bench``: run the benchmark, print the result and write it to ``--output-dir``/bench.json."""
     result = benchmark(args)
     print(json.dumps(result, indent=2))
+    if args.llama_types:
+        print(race_table(result))
     atomic_write_json(args.output_dir / RESULT_FILE, result)
     logger.info("Wrote %s", args.output_dir / RESULT_FILE)
     return result

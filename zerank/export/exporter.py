@@ -65,6 +65,7 @@ from zerank.model.package import (
     stored_bytes,
     weight_map,
 )
+from zerank.model.pair_template import install_pair_template
 from zerank.model.runtimes import INPUT_NAMES, OUTPUT_NAME, RUNTIME_FILE, RuntimeReranker, RuntimeSpec
 from zerank.model.scoring import calibrated_logit
 from zerank.utils.system import atomic_write_json, atomic_write_text, staged_output_dir
@@ -144,16 +145,42 @@ def export_weights(src: Path, out: Path, temperature: float) -> dict[str, int]:
 
 
 def write_tokenizer(src: Path, out: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer and zerank's prompt template (``chat_template.jinja``), byte for byte."""
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=True)
+    """The tokenizer with its pair template (``tokenizer(query, document)`` renders the prompt) and zerank's
+    prompt template (``chat_template.jinja``), byte for byte."""
+    tokenizer = install_pair_template(AutoTokenizer.from_pretrained(src, trust_remote_code=True))
     if tokenizer.pad_token_id is None:
         raise ValueError(f"The tokenizer of {src} has no pad token: transformers' sequence-classification head needs "
                          "one to find the last real token of padded batches.")
     if not (src / TEMPLATE_FILE).exists():
         raise FileNotFoundError(f"{src} has no {TEMPLATE_FILE}: the export needs zerank's prompt template.")
     tokenizer.save_pretrained(out)
+    write_transformers4_tokenizer_config(out / "tokenizer_config.json")
     shutil.copy2(src / TEMPLATE_FILE, out / TEMPLATE_FILE)
     return tokenizer
+
+
+def write_transformers4_tokenizer_config(path: Path) -> None:
+    """Store the extra special tokens as ``additional_special_tokens``, which transformers 4.x and 5.x both read as
+    this list (5.x writes them as ``extra_special_tokens``, a field that 4.x expects to be a dict of named tokens)."""
+    fields = json.loads(path.read_text())
+    extra = fields.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del fields["extra_special_tokens"]
+        fields["additional_special_tokens"] = extra
+        atomic_write_json(path, fields)
+
+
+def write_transformers4_config(path: Path) -> None:
+    """Add the fields transformers 4.x reads in place of 5.x's ``rope_parameters`` and ``dtype``: without
+    ``rope_theta`` it falls back to 10,000 and every score changes."""
+    fields = json.loads(path.read_text())
+    rope = dict(fields.get("rope_parameters") or {})
+    if "rope_theta" in rope:
+        fields["rope_theta"] = rope.pop("rope_theta")
+        fields["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
+    if "dtype" in fields:
+        fields["torch_dtype"] = fields["dtype"]
+    atomic_write_json(path, fields)
 
 
 def render_vllm_readme(src_name: str, temperature: float, bias: float, dropped: bool) -> str:
@@ -226,6 +253,7 @@ def export_vllm(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
     tokenizer = write_tokenizer(src, out)
     config = make_qwen3_config(raw, tokenizer.pad_token_id)
     config.save_pretrained(out)
+    write_transformers4_config(out / "config.json")
     logger.info("Exporting %s to %s (score.weight = Yes row / %g%s)", src, out, temperature,
                 f"; dropping score_bias={bias}" if bias else "")
     files = export_weights(src, out, temperature)
@@ -414,8 +442,16 @@ def export_openvino(src: Path, raw: dict, out: Path, args: ExportArguments) -> d
         del model
     return finish_runtime_folder(src, raw, out, args, OPENVINO_FILE)
 
+
+def export_gguf(src: Path, raw: dict, out: Path, args: ExportArguments) -> dict:
+    """llama.cpp's GGUF, checked through a real llama-server (``zerank.export.gguf``)."""
+    from zerank.export.gguf import export_gguf as export_llama_cpp
+
+    return export_llama_cpp(src, raw, out, args)
+
+
 EXPORTERS: dict[str, Callable[[Path, dict, Path, ExportArguments], dict]] = {
-    "vllm": export_vllm, "onnx": export_onnx, "openvino": export_openvino}
+    "vllm": export_vllm, "onnx": export_onnx, "openvino": export_openvino, "gguf": export_gguf}
 
 
 def export(args: ExportArguments) -> dict:
