@@ -136,3 +136,26 @@ def test_evaluate_cli_accepts_a_run_file_and_rejects_bad_arguments(synthetic, ti
         evaluate("--data", str(synthetic), "--model", str(tiny_model_dir), "--max-queries", "0",
                  "--output-dir", str(out))
     assert error.value.code == 2 and "--max-queries" in capsys.readouterr().err
+
+
+def test_evaluate_cli_long_documents_chunk(synthetic, tiny_model_dir, tiny_cross_encoder, tmp_path):
+    """--long-documents chunk: each candidate scores as the aggregation of its windows (here: tiny windows, so the
+    synthetic documents are chunked), recorded in results.json."""
+    from zerank.model.long_documents import ChunkSettings, score_documents
+
+    out = tmp_path / "eval-chunk"
+    evaluate("--data", str(synthetic), "--model", str(tiny_model_dir), "--top-k", "3", "--max-queries", "3",
+             "--bm25-stemmer", "none", "--output-dir", str(out), "--no-progress", "--long-documents", "chunk",
+             "--chunk-tokens", "40", "--chunk-overlap", "8", "--chunk-aggregation", "mean", "--chunk-top-k", "2")
+    saved = json.loads((out / "results.json").read_text())
+    settings = ChunkSettings(max_tokens=40, overlap=8, aggregation="mean", top_k=2)
+    assert saved["settings"]["long_documents"] == "chunk" and saved["settings"]["chunking"] == settings.describe()
+    assert saved["long_documents"]["documents_chunked"] > 0
+    assert saved["long_documents"]["windows_scored"] > saved["pairs"]
+    data = load_beir(synthetic, "test")
+    reranked = read_trec_run(out / "reranked.trec")
+    qid = data.judged_query_ids[0]
+    doc_ids = list(reranked[qid])
+    expected = score_documents(tiny_cross_encoder, [(data.queries[qid], data.document(d)) for d in doc_ids],
+                               settings, output="logit")
+    np.testing.assert_allclose([reranked[qid][d] for d in doc_ids], [r.score for r in expected], atol=1e-5)

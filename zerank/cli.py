@@ -42,6 +42,7 @@ class Command:
 MODEL = "zerank.utils.arguments:ModelArguments"
 SCORING = "zerank.utils.arguments:ScoringArguments"
 FIRST_STAGE = "zerank.utils.arguments:FirstStageArguments"
+CHUNK = "zerank.utils.long_document_arguments:ChunkArguments"
 
 COMMANDS: dict[str, Command] = {
     "build": Command("Convert a Qwen3 causal LM (or random weights of a shape) into a verified zerank package.",
@@ -50,14 +51,14 @@ COMMANDS: dict[str, Command] = {
                       ("zerank.export.arguments:ExportArguments",), "zerank.export.exporter:main",
                       extra_install="export"),
     "evaluate": Command("Rerank a first stage's candidates on a BEIR folder and report NDCG@10, MRR@10, recall.",
-                        ("zerank.evaluation.arguments:EvaluateArguments", MODEL, SCORING, FIRST_STAGE),
+                        ("zerank.evaluation.arguments:EvaluateArguments", MODEL, SCORING, FIRST_STAGE, CHUNK),
                         "zerank.evaluation.evaluate:main", extra_install="eval"),
     "calibrate": Command("Fit score_temperature and score_bias on labelled pairs; report calibration.",
                          ("zerank.evaluation.arguments:CalibrateArguments", MODEL, SCORING, FIRST_STAGE),
                          "zerank.evaluation.calibration:main", extra_install="eval",
                          check="zerank.evaluation.arguments:check_calibrate"),
     "rerank": Command("Rerank a big candidate set in resumable shards, in one process or on a Ray Data actor pool.",
-                      ("zerank.rerank.arguments:RerankArguments", MODEL, SCORING), "zerank.rerank.batch:main",
+                      ("zerank.rerank.arguments:RerankArguments", MODEL, SCORING, CHUNK), "zerank.rerank.batch:main",
                       extra_install="rerank"),
     "finetune": Command("Fine-tune on your data (CrossEncoderTrainer), refit the calibration, write a complete "
                         "package.",
@@ -67,7 +68,7 @@ COMMANDS: dict[str, Command] = {
     "publish": Command("Validate a built folder, upload it in one commit, verify the commit and tag it.",
                        ("zerank.packaging.arguments:PublishArguments",), "zerank.packaging.publish:main"),
     "serve": Command("Serve a zerank model with ZeroEntropy's rerank API.",
-                     ("zerank.serving.arguments:ServeArguments", MODEL), "zerank.serving.app:main",
+                     ("zerank.serving.arguments:ServeArguments", MODEL, CHUNK), "zerank.serving.app:main",
                      extra_install="serve"),
     "bench": Command("Benchmark zerank against sentence-transformers' native reranker on identical weights.",
                      ("zerank.bench.arguments:BenchArguments",), "zerank.bench.speed:main"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from zerank.utils.arguments import ModelArguments, check_fraction, check_positive
 
@@ -37,6 +38,12 @@ class EvaluateArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed for torch (scoring is deterministic anyway)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    long_documents: Literal["truncate", "chunk"] = field(
+        default="truncate", metadata={"help": "truncate: cut a document at the model's context; chunk: a document "
+                                              "whose "
+                                              "prompt exceeds --chunk-tokens scores as the aggregation of its "
+                                              "windows (the long documents group)."}
+    )
 
     def __post_init__(self):
         check_positive(self, "top_k", "max_queries")

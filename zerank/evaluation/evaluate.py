@@ -31,13 +31,15 @@ import torch
 from sentence_transformers import CrossEncoder
 from tqdm.auto import tqdm
 
-from zerank.evaluation.arguments import EvaluateArguments
-from zerank.utils.arguments import FirstStageArguments, ModelArguments, ScoringArguments
 from zerank.data.readers import BeirDataset, Qrels, Run, load_beir, select_queries, write_trec_run
-from zerank.model.loading import is_zerank, load_from_arguments
-from zerank.evaluation.metrics import DEFAULT_METRICS, evaluate_run
+from zerank.evaluation.arguments import EvaluateArguments
 from zerank.evaluation.first_stage import FirstStage
+from zerank.evaluation.metrics import DEFAULT_METRICS, evaluate_run
+from zerank.model.loading import is_zerank, load_from_arguments
+from zerank.model.long_documents import ChunkSettings, score_documents
 from zerank.model.scoring import batch_token_budget, score_pairs
+from zerank.utils.arguments import FirstStageArguments, ModelArguments, ScoringArguments
+from zerank.utils.long_document_arguments import ChunkArguments
 from zerank.utils.system import atomic_write_json, atomic_write_text, library_versions
 
 logger = logging.getLogger(__name__)
@@ -55,17 +57,30 @@ class Documents(Protocol):
 
 
 def cross_encoder_scorer(model: CrossEncoder, dataset: Documents, *, max_batch_tokens: int | None = None,
-                         batch_size: int | None = None, instruction: str | None = None) -> Scorer:
+                         batch_size: int | None = None, instruction: str | None = None,
+                         chunking: ChunkSettings | None = None) -> Scorer:
     """A scorer that reads the query and :func:`zerank.data.readers.document_text` and ranks by the model's logit (no
     sigmoid, so scores never tie by saturating at 1).
 
     ``max_batch_tokens``, ``batch_size`` and ``instruction`` are those of :func:`zerank.model.scoring.score_pairs`.
+    With ``chunking``, a document longer than its window budget scores as the aggregation of its windows
+    (:func:`zerank.model.long_documents.score_documents`); the scorer's ``windows`` dict counts the documents chunked
+    and the windows scored.
     """
+    counts = {"documents_chunked": 0, "windows_scored": 0}
 
     def score(ids: Sequence[tuple[str, str]]) -> np.ndarray:
         pairs = [(dataset.queries[q], dataset.document(d)) for q, d in ids]
-        return score_pairs(model, pairs, output="logit", max_batch_tokens=max_batch_tokens, batch_size=batch_size,
-                           instruction=instruction)
+        if chunking is None:
+            return score_pairs(model, pairs, output="logit", max_batch_tokens=max_batch_tokens,
+                               batch_size=batch_size, instruction=instruction)
+        results = score_documents(model, pairs, chunking, output="logit", max_batch_tokens=max_batch_tokens,
+                                  batch_size=batch_size, instruction=instruction)
+        counts["documents_chunked"] += sum(r.windows > 1 for r in results)
+        counts["windows_scored"] += sum(r.windows for r in results)
+        return np.array([r.score for r in results], dtype=np.float32)
+
+    score.windows = counts
 
     return score
 
@@ -167,8 +182,9 @@ def evaluation_markdown(results: Sequence[Mapping], model_name: str = "zerank") 
 
 
 def main(args: EvaluateArguments, model_args: ModelArguments, scoring_args: ScoringArguments,
-         first_stage_args: FirstStageArguments) -> dict:
-    """``zerank evaluate``: rerank the first stage's candidates, write the runs and the results; returns them."""
+         first_stage_args: FirstStageArguments, chunk_args: ChunkArguments | None = None) -> dict:
+    """``zerank evaluate``: rerank the first stage's candidates, write the runs and the results; returns them.
+    With ``--long-documents chunk`` a long document scores as its windows' aggregation (``chunk_args``)."""
     torch.manual_seed(args.seed)
     began = time.perf_counter()
     first_stage = FirstStage.from_arguments(first_stage_args)
@@ -177,8 +193,10 @@ def main(args: EvaluateArguments, model_args: ModelArguments, scoring_args: Scor
     model = load_from_arguments(model_args)
     if scoring_args.instruction and not is_zerank(model):
         raise ValueError("--instruction works with zerank models only (it is rendered by zerank's chat template).")
+    chunking = ChunkSettings.from_arguments(chunk_args) if args.long_documents == "chunk" else None
     scorer = cross_encoder_scorer(model, dataset, max_batch_tokens=model_args.max_batch_tokens,
-                                  batch_size=scoring_args.batch_size, instruction=scoring_args.instruction)
+                                  batch_size=scoring_args.batch_size, instruction=scoring_args.instruction,
+                                  chunking=chunking)
     logger.info("Reranking the top %d of %d queries of %s (%s) with %s", args.top_k, len(query_ids), dataset.name,
                 args.split, model_args.model)
     results, candidates, reranked = evaluate_reranker(
@@ -197,7 +215,11 @@ def main(args: EvaluateArguments, model_args: ModelArguments, scoring_args: Scor
         "dtype": str(next(model.model.parameters()).dtype).removeprefix("torch."),
         "seed": args.seed,
         "max_queries": args.max_queries,
+        "long_documents": args.long_documents,
     }
+    if chunking is not None:
+        results["settings"]["chunking"] = chunking.describe()
+        results["long_documents"] = dict(scorer.windows)
     results["versions"] = library_versions()
 
     out = args.output_dir

@@ -35,6 +35,12 @@ class RerankArguments:
     tag: str | None = field(default=None, metadata={"help": "Run tag of reranked.trec (default: the model's name)."})
     seed: int = field(default=0, metadata={"help": "Seed for torch (scoring is deterministic anyway)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    long_documents: Literal["truncate", "chunk"] = field(
+        default="truncate", metadata={"help": "truncate: cut a document at the model's context; chunk: a document "
+                                              "whose prompt exceeds --chunk-tokens scores as the aggregation of its "
+                                              "windows, and the shards get its best window's character span "
+                                              "(span_start, span_end) and window count."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Start again in a folder holding another (or the same) "
                                                              "rerank."})
 

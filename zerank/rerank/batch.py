@@ -10,6 +10,10 @@ Output folder (``--out``):
     scores/shard-NNNNN.parquet (or .jsonl)   query_id, doc_id, raw_logit, score: one file per finished shard
     reranked.trec      every query's candidates by decreasing raw logit, written once all shards are there
 
+With ``--long-documents chunk`` a document whose prompt exceeds ``--chunk-tokens`` scores as the aggregation of
+its windows (:mod:`zerank.model.long_documents`), and the shards get three more columns: span_start, span_end (the
+best window's character offsets in the document) and windows (1: the document was scored whole).
+
 Resume rule: a shard file exists only when its shard is finished (it is written under a hidden temporary name and
 renamed), so a rerun of the same command on the same folder scores exactly the shards that have no file and then
 writes ``reranked.trec``; a folder holding a run of other inputs, another model (the hash of its files) or other
@@ -51,9 +55,6 @@ from sentence_transformers import CrossEncoder
 from tqdm.auto import tqdm
 
 from modeling_zerank import ZerankConfig
-from zerank.rerank.arguments import RerankArguments
-from zerank.rerank.inputs import Candidates, read_candidates
-from zerank.utils.arguments import ModelArguments, ScoringArguments
 from zerank.data.readers import (
     Run,
     iter_jsonl,
@@ -61,8 +62,13 @@ from zerank.data.readers import (
 )
 from zerank.model.fingerprint import model_fingerprint
 from zerank.model.loading import load_from_arguments
+from zerank.model.long_documents import ChunkSettings, score_documents
 from zerank.model.package import read_config, resolve_model_dir
 from zerank.model.scoring import PAIRS_PER_CALL, calibrated_score, score_pairs
+from zerank.rerank.arguments import RerankArguments
+from zerank.rerank.inputs import Candidates, read_candidates
+from zerank.utils.arguments import ModelArguments, ScoringArguments
+from zerank.utils.long_document_arguments import ChunkArguments
 from zerank.utils.system import atomic_write_bytes, atomic_write_json, library_versions
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,8 @@ LOCK_FILE = ".lock"
 MANIFEST_VERSION = 1
 SCORE_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("raw_logit", pa.float32()),
                           ("score", pa.float64())])
+SPAN_FIELDS = [("span_start", pa.int64()), ("span_end", pa.int64()), ("windows", pa.int64())]
+CHUNKED_SCORE_SCHEMA = pa.schema([*SCORE_SCHEMA, *SPAN_FIELDS])
 
 
 # --- shards ---
@@ -121,27 +129,51 @@ def score_shard(model: CrossEncoder, pairs: Sequence[tuple[str, str]], *, max_ba
     whole queries (about ``PAIRS_PER_CALL`` pairs), calling ``progress(pairs done)`` after each step.
 
     ``score_pairs`` never mixes queries in a predict call, so the steps change when the bar moves, not the scores."""
+    return score_shard_chunked(model, pairs, None, max_batch_tokens=max_batch_tokens, batch_size=batch_size,
+                               instruction=instruction, progress=progress)[0]
+
+
+def score_shard_chunked(model: CrossEncoder, pairs: Sequence[tuple[str, str]], chunking: ChunkSettings | None, *,
+                        max_batch_tokens: int | None = None, batch_size: int | None = None,
+                        instruction: str | None = None,
+                        progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`score_shard` with long documents scored by their windows (``chunking``; None: cut as usual): the raw
+    logits, and an (n, 3) int64 array of each document's best window (span_start, span_end) and window count
+    (None without ``chunking``)."""
     raw = np.zeros(len(pairs), dtype=np.float32)
+    spans = np.zeros((len(pairs), 3), dtype=np.int64) if chunking is not None else None
     start = 0
     while start < len(pairs):
         end = start + 1
         while end < len(pairs) and (pairs[end][0] == pairs[end - 1][0] or end - start < PAIRS_PER_CALL):
             end += 1
-        raw[start:end] = score_pairs(model, pairs[start:end], output="raw", max_batch_tokens=max_batch_tokens,
-                                     batch_size=batch_size, instruction=instruction)
+        if chunking is None:
+            raw[start:end] = score_pairs(model, pairs[start:end], output="raw", max_batch_tokens=max_batch_tokens,
+                                         batch_size=batch_size, instruction=instruction)
+        else:
+            results = score_documents(model, pairs[start:end], chunking, output="raw",
+                                      max_batch_tokens=max_batch_tokens, batch_size=batch_size,
+                                      instruction=instruction)
+            raw[start:end] = [r.score for r in results]
+            spans[start:end] = [(r.span[0], r.span[1], r.windows) for r in results]
         if progress is not None:
             progress(end - start)
         start = end
-    return raw
+    return raw, spans
 
 
-def shard_table(candidates: Candidates, shard: Shard, raw: np.ndarray, temperature: float, bias: float) -> pa.Table:
-    """A shard's rows: query_id, doc_id, raw_logit, calibrated score."""
+def shard_table(candidates: Candidates, shard: Shard, raw: np.ndarray, temperature: float, bias: float,
+                spans: np.ndarray | None = None) -> pa.Table:
+    """A shard's rows: query_id, doc_id, raw_logit, calibrated score (and, chunked, span_start, span_end, windows)."""
     raw = np.asarray(raw, dtype=np.float32)
     if raw.shape != (len(shard.rows),):
         raise ValueError(f"{shard.name}: {raw.shape[0]} scores for {len(shard.rows)} pairs.")
-    return pa.table([[candidates.query_ids[i] for i in shard.rows], [candidates.doc_ids[i] for i in shard.rows],
-                     raw, calibrated_score(raw, temperature, bias)], schema=SCORE_SCHEMA)
+    columns = [[candidates.query_ids[i] for i in shard.rows], [candidates.doc_ids[i] for i in shard.rows],
+               raw, calibrated_score(raw, temperature, bias)]
+    if spans is None:
+        return pa.table(columns, schema=SCORE_SCHEMA)
+    spans = np.asarray(spans, dtype=np.int64).reshape(len(shard.rows), 3)
+    return pa.table(columns + [spans[:, 0], spans[:, 1], spans[:, 2]], schema=CHUNKED_SCORE_SCHEMA)
 
 
 def table_bytes(table: pa.Table, fmt: str) -> bytes:
@@ -153,12 +185,14 @@ def table_bytes(table: pa.Table, fmt: str) -> bytes:
     return "".join(json.dumps(row) + "\n" for row in table.to_pylist()).encode("utf-8")
 
 
-def read_scores(path: str | Path) -> pa.Table:
-    """A shard file (Parquet or jsonl) as a table with :data:`SCORE_SCHEMA`."""
+def read_scores(path: str | Path, spans: bool = False) -> pa.Table:
+    """A shard file (Parquet or jsonl) as a table with :data:`SCORE_SCHEMA` (``spans``: with the span columns of a
+    chunked rerank too, :data:`CHUNKED_SCORE_SCHEMA`)."""
     path = Path(path)
+    schema = CHUNKED_SCORE_SCHEMA if spans else SCORE_SCHEMA
     if path.suffix == ".parquet":
-        return pq.read_table(path, schema=SCORE_SCHEMA)
-    return pa.Table.from_pylist([row for _, row in iter_jsonl(path)], schema=SCORE_SCHEMA)
+        return pq.read_table(path, columns=schema.names).cast(schema)
+    return pa.Table.from_pylist([row for _, row in iter_jsonl(path)], schema=schema)
 
 
 # --- the output folder ---
@@ -169,6 +203,7 @@ def manifest_key(manifest: dict) -> dict:
     return {"input": manifest["input"]["fingerprint"], "pairs": manifest["input"]["pairs"],
             "model": manifest["model"]["fingerprint"],
             **{k: manifest["model"][k] for k in ("dtype", "max_length", "instruction")},
+            "long_documents": manifest["model"].get("long_documents"),
             **{k: manifest["output"][k] for k in ("format", "shard_pairs")}}
 
 
@@ -230,8 +265,8 @@ def assemble_run(out: Path, candidates: Candidates, shards: Sequence[Shard], fmt
 
 # One shard's work: (shard index, its pairs).
 Work = tuple[int, list[tuple[str, str]]]
-# Called with (shard index, raw logits, dtype the scorer ran in) as each shard is finished.
-Accept = Callable[[int, np.ndarray, str], None]
+# Called with (shard index, raw logits, dtype the scorer ran in, spans or None) as each shard is finished.
+Accept = Callable[..., None]
 
 
 def _dtype_name(model: CrossEncoder) -> str:
@@ -244,15 +279,15 @@ def _load(model_args: ModelArguments, seed: int) -> CrossEncoder:
 
 
 def score_local(work: Sequence[Work], accept: Accept, bar: tqdm, model_args: ModelArguments,
-                scoring_args: ScoringArguments, seed: int) -> dict:
+                scoring_args: ScoringArguments, seed: int, chunking: ChunkSettings | None = None) -> dict:
     """Score the shards one after the other with one model in this process."""
     model = _load(model_args, seed)
     dtype = _dtype_name(model)
     for index, pairs in work:
-        raw = score_shard(model, pairs, max_batch_tokens=model_args.max_batch_tokens,
-                          batch_size=scoring_args.batch_size, instruction=scoring_args.instruction,
-                          progress=bar.update)
-        accept(index, raw, dtype)
+        raw, spans = score_shard_chunked(model, pairs, chunking, max_batch_tokens=model_args.max_batch_tokens,
+                                         batch_size=scoring_args.batch_size, instruction=scoring_args.instruction,
+                                         progress=bar.update)
+        accept(index, raw, dtype, spans)
     return {"device": str(model.device), "workers": 1}
 
 
@@ -260,26 +295,32 @@ class ShardScorer:
     """A Ray Data actor: loads the model once, then scores batches of whole shards with :func:`score_shard`."""
 
     def __init__(self, model_args: ModelArguments, scoring_args: ScoringArguments, seed: int,
-                 threads: int | None) -> None:
+                 threads: int | None, chunking: ChunkSettings | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.model = _load(model_args, seed)
         self.max_batch_tokens = model_args.max_batch_tokens
         self.scoring_args = scoring_args
+        self.chunking = chunking
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        raws = [score_shard(self.model, list(zip(queries, documents)), max_batch_tokens=self.max_batch_tokens,
-                            batch_size=self.scoring_args.batch_size, instruction=self.scoring_args.instruction)
-                for queries, documents in zip(batch.column("query").to_pylist(),
-                                              batch.column("document").to_pylist())]
-        n = len(raws)
-        return pa.table({"shard": batch.column("shard"), "raw_logit": pa.array(raws, type=pa.list_(pa.float32())),
-                         "dtype": [_dtype_name(self.model)] * n, "device": [str(self.model.device)] * n})
+        scored = [score_shard_chunked(self.model, list(zip(queries, documents)), self.chunking,
+                                      max_batch_tokens=self.max_batch_tokens, batch_size=self.scoring_args.batch_size,
+                                      instruction=self.scoring_args.instruction)
+                  for queries, documents in zip(batch.column("query").to_pylist(),
+                                                batch.column("document").to_pylist())]
+        n = len(scored)
+        columns = {"shard": batch.column("shard"),
+                   "raw_logit": pa.array([raw for raw, _ in scored], type=pa.list_(pa.float32())),
+                   "dtype": [_dtype_name(self.model)] * n, "device": [str(self.model.device)] * n}
+        if self.chunking is not None:
+            columns["spans"] = pa.array([spans.reshape(-1) for _, spans in scored], type=pa.list_(pa.int64()))
+        return pa.table(columns)
 
 
 def score_ray(work: Sequence[Work], accept: Accept, bar: tqdm, model_args: ModelArguments,
               scoring_args: ScoringArguments, seed: int, args: RerankArguments,
-              scorer: type = ShardScorer) -> dict:
+              scorer: type = ShardScorer, chunking: ChunkSettings | None = None) -> dict:
     """Score the shards on a Ray Data actor pool: one dataset row per shard, ``map_batches`` with one shard per
     call. Joins the Ray instance of this process, the cluster at ``--ray-address``, or starts a local one.
 
@@ -304,19 +345,22 @@ def score_ray(work: Sequence[Work], accept: Accept, bar: tqdm, model_args: Model
                     args.gpus_per_worker, {k: resources[k] for k in ("CPU", "GPU") if k in resources})
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts pairs
         threads = None if args.gpus_per_worker > 0 else max(1, int(args.cpus_per_worker))
+        constructor = {"model_args": model_args, "scoring_args": scoring_args, "seed": seed, "threads": threads}
+        if chunking is not None:  # (another scorer class need not know about chunking when it is off)
+            constructor["chunking"] = chunking
         dataset = ray.data.from_items(
             [{"shard": index, "query": [q for q, _ in pairs], "document": [d for _, d in pairs]}
              for index, pairs in work]
         ).map_batches(
-            scorer, fn_constructor_kwargs={"model_args": model_args, "scoring_args": scoring_args, "seed": seed,
-                                           "threads": threads},
+            scorer, fn_constructor_kwargs=constructor,
             batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker or None,
         )
         devices = set()
         for row in dataset.iter_rows():
             raw = np.asarray(row["raw_logit"], dtype=np.float32)
-            accept(int(row["shard"]), raw, row["dtype"])
+            spans = np.asarray(row["spans"], dtype=np.int64).reshape(-1, 3) if chunking is not None else None
+            accept(int(row["shard"]), raw, row["dtype"], spans)
             devices.add(row["device"])
             bar.update(len(raw))
     finally:
@@ -329,7 +373,8 @@ def score_ray(work: Sequence[Work], accept: Accept, bar: tqdm, model_args: Model
 
 
 def new_manifest(candidates: Candidates, shards: Sequence[Shard], args: RerankArguments,
-                 model_args: ModelArguments, scoring_args: ScoringArguments) -> dict:
+                 model_args: ModelArguments, scoring_args: ScoringArguments,
+                 chunking: ChunkSettings | None = None) -> dict:
     """The manifest of a run that has scored nothing yet (the model must be a zerank package: its T and b)."""
     model_dir = resolve_model_dir(model_args.model)
     if read_config(str(model_dir)).get("model_type") != "zerank":
@@ -343,7 +388,8 @@ def new_manifest(candidates: Candidates, shards: Sequence[Shard], args: RerankAr
         "model": {"name": model_args.model, "fingerprint": model_fingerprint(model_dir),
                   "score_temperature": float(config.score_temperature), "score_bias": float(config.score_bias),
                   "dtype": model_args.dtype, "max_length": model_args.max_length,
-                  "instruction": scoring_args.instruction},
+                  "instruction": scoring_args.instruction,
+                  "long_documents": chunking.describe() if chunking is not None else None},
         "scored_dtype": None,
         "output": {"format": args.format, "shard_pairs": args.shard_pairs, "columns": SCORE_SCHEMA.names,
                    "run": RUN_FILE, "scores": SCORES_DIR},
@@ -354,8 +400,8 @@ def new_manifest(candidates: Candidates, shards: Sequence[Shard], args: RerankAr
     }
 
 
-def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: ScoringArguments, *,
-           ray_scorer: type = ShardScorer) -> dict:
+def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: ScoringArguments,
+           chunk_args: ChunkArguments | None = None, *, ray_scorer: type = ShardScorer) -> dict:
     """Score every pending shard of ``args.out`` with the chosen engine, then write ``reranked.trec``.
 
     ``ray_scorer``: the Ray actor class (another scoring backend, e.g. vLLM on the exported model, in place of
@@ -365,7 +411,8 @@ def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: Scor
     began = time.perf_counter()
     candidates = read_candidates(args)
     shards = plan_shards(candidates, args.shard_pairs)
-    manifest = new_manifest(candidates, shards, args, model_args, scoring_args)
+    chunking = ChunkSettings.from_arguments(chunk_args) if args.long_documents == "chunk" else None
+    manifest = new_manifest(candidates, shards, args, model_args, scoring_args, chunking)
     temperature, bias = manifest["model"]["score_temperature"], manifest["model"]["score_bias"]
     out = args.out
     lock = _lock(out)
@@ -381,7 +428,7 @@ def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: Scor
 
         first_shard: dict[str, float] = {}  # when the first shard came back, and its pairs
 
-        def accept(index: int, raw: np.ndarray, dtype: str) -> None:
+        def accept(index: int, raw: np.ndarray, dtype: str, spans: np.ndarray | None = None) -> None:
             first_shard.setdefault("at", time.perf_counter())
             first_shard.setdefault("pairs", len(raw))
             if manifest["scored_dtype"] is None:
@@ -392,7 +439,7 @@ def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: Scor
                                  f"{dtype}: pass --dtype {manifest['scored_dtype']} or use another --out.")
             shard = shards[index]
             atomic_write_bytes(out / shard.file(args.format),
-                               table_bytes(shard_table(candidates, shard, raw, temperature, bias), args.format))
+                               table_bytes(shard_table(candidates, shard, raw, temperature, bias, spans), args.format))
 
         session = {"engine": args.engine, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "shards_scored": len(pending), "pairs_scored": pending_pairs}
@@ -401,9 +448,10 @@ def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: Scor
             work = [(s.index, [(candidates.queries[i], candidates.documents[i]) for i in s.rows]) for s in pending]
             with tqdm(total=pending_pairs, desc="Reranking", unit="pair", disable=not args.progress) as bar:
                 if args.engine == "ray":
-                    session |= score_ray(work, accept, bar, model_args, scoring_args, args.seed, args, ray_scorer)
+                    session |= score_ray(work, accept, bar, model_args, scoring_args, args.seed, args, ray_scorer,
+                                         chunking)
                 else:
-                    session |= score_local(work, accept, bar, model_args, scoring_args, args.seed)
+                    session |= score_local(work, accept, bar, model_args, scoring_args, args.seed, chunking)
         seconds = time.perf_counter() - scoring_began
         # After the first shard, model loading (and Ray's start-up) is behind: the rate the run goes on at.
         steady_pairs = pending_pairs - first_shard.get("pairs", pending_pairs)
@@ -428,6 +476,7 @@ def rerank(args: RerankArguments, model_args: ModelArguments, scoring_args: Scor
     return manifest
 
 
-def main(args: RerankArguments, model_args: ModelArguments, scoring_args: ScoringArguments) -> dict:
+def main(args: RerankArguments, model_args: ModelArguments, scoring_args: ScoringArguments,
+         chunk_args: ChunkArguments | None = None) -> dict:
     """``zerank rerank``."""
-    return rerank(args, model_args, scoring_args)
+    return rerank(args, model_args, scoring_args, chunk_args)
