@@ -265,7 +265,7 @@ def test_engine_merges_pending_requests_and_splits_results(tiny_cross_encoder):
 
 
 def parse_args(argv: list[str]) -> ServeArguments:
-    args, model_args = cli.parse("serve", argv)
+    args, model_args, *_ = cli.parse("serve", argv)  # then the long-document (chunk) arguments
     assert model_args.model == "m"
     return args
 
@@ -286,7 +286,7 @@ def test_refuses_a_public_address_without_an_api_key(monkeypatch, capsys):
 def test_command_line_flags(monkeypatch):
     """--served-model-name takes space-separated ids; the round budget is apart from the model's batch budget."""
     monkeypatch.delenv("ZERANK_API_KEY", raising=False)
-    args, model_args = cli.parse("serve", ["--model", "m", "--served-model-name", "a", "b",
+    args, model_args, *_ = cli.parse("serve", ["--model", "m", "--served-model-name", "a", "b",
                                            "--max-round-tokens", "1000", "--max-batch-tokens", "512"])
     assert args.served_model_name == ["a", "b"] and args.max_round_tokens == 1000
     assert model_args.max_batch_tokens == 512

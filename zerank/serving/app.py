@@ -32,6 +32,8 @@ No lost or wasted work under load:
       within ``--body-timeout`` gets 408;
     * documents are cut to what the model can read (its context minus the query and the template; lower with
       ``--max-document-tokens`` or a request's ``max_tokens_per_doc``), so a huge document costs one context;
+      with ``--long-documents chunk`` a long document is scored as its best window instead (its windows count
+      against the queue limits) and each result gets the window's ``span`` (``zerank.model.long_documents``);
     * ``NaN``/``Infinity`` literals and lone surrogates (``"\\ud800"``) get a JSON 400 naming the field.
 
 Errors are JSON ``{"detail": ...}``: 400 (a limit or bad JSON), 401 (key), 404 (model), 408 (slow body), 411 (no
@@ -44,7 +46,7 @@ schema is at ``/openapi.json``, interactive docs at ``/docs``.
 
 Command:
     zerank serve --model build/tiny --host 127.0.0.1 --port 8000
-    ZERANK_API_KEY=secret zerank serve --model zeroentropy/zerank-1 --host 0.0.0.0 --port 8000
+    ZERANK_API_KEY=secret zerank serve --model zeroentropy/zerank-1-reranker --host 0.0.0.0 --port 8000
 
 Binding a non-loopback address needs an API key (``--api-key`` or $ZERANK_API_KEY); the server refuses to start
 without one.
@@ -72,6 +74,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sentence_transformers import CrossEncoder
 from starlette.concurrency import run_in_threadpool
 
+from zerank.model.long_documents import ChunkSettings
 from zerank.model.loading import load_from_arguments
 from zerank.serving.arguments import ServeArguments
 from zerank.serving.engine import (
@@ -95,6 +98,7 @@ from zerank.serving.schemas import (
     ModelList,
     RerankResponse,
     RerankResult,
+    Span,
     TEIRank,
     TEIRerankRequest,
     Usage,
@@ -102,7 +106,9 @@ from zerank.serving.schemas import (
 )
 from zerank.serving.search.api import make_search_router
 from zerank.serving.search.sqlite_store import SQLiteStore
+from zerank.serving.search.store import StoreError
 from zerank.utils.arguments import ModelArguments
+from zerank.utils.long_document_arguments import ChunkArguments
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +195,31 @@ def make_rerank_scores(engine: RerankEngine, args: ServeArguments) -> RerankScor
     return rerank_scores
 
 
+def span_of(prepared: Prepared, index: int) -> Span | None:
+    """The best window of document ``index`` under --long-documents chunk (None otherwise)."""
+    if prepared.spans is None:
+        return None
+    start, end, windows = prepared.spans[index]
+    return Span(start=start, end=end, windows=windows)
+
+
+class Scores(list):
+    """Scores in request order; ``spans``: each document's best window (start, end, windows) under
+    --long-documents chunk, else None."""
+
+    spans: list[tuple[int, int, int]] | None = None
+
+
 def make_rerank(rerank_scores: RerankScores) -> Callable[..., Awaitable[list[float]]]:
     """``rerank(query, documents, request=None)``: calibrated 0..1 scores of ``documents`` for ``query``, in request
-    order (for other routes, e.g. the search API). Pass the route's ``request`` to cancel the work when its client
-    disconnects."""
+    order (for other routes, e.g. the search API; a :class:`Scores` list, with the best windows under
+    --long-documents chunk). Pass the route's ``request`` to cancel the work when its client disconnects."""
 
     async def rerank(query: str, documents: list[str], request: Request | None = None) -> list[float]:
-        logits, _, _ = await rerank_scores(query, documents, request)
-        return [float(s) for s in scores_from_logits(logits)]
+        logits, prepared, _ = await rerank_scores(query, documents, request)
+        scores = Scores(float(s) for s in scores_from_logits(logits))
+        scores.spans = prepared.spans
+        return scores
 
     return rerank
 
@@ -215,7 +238,7 @@ async def cohere_rerank(rerank_scores: RerankScores, resolve_model: Callable[[st
         id=str(uuid.uuid4()),
         model=name,
         results=[CohereResult(index=i, relevance_score=float(scores[i]),
-                              document=CohereDocument(text=texts[i]) if echo else None)
+                              document=CohereDocument(text=texts[i]) if echo else None, span=span_of(prepared, i))
                  for i in ranked(scores, body.top_n)],
         meta={"api_version": {"version": version}, "billed_units": {"search_units": 1}},
         usage=Usage(total_tokens=prepared.total_tokens, prompt_tokens=prepared.total_tokens),
@@ -228,7 +251,8 @@ def make_rerank_router(rerank_scores: RerankScores, resolve_model: Callable[[str
     router = APIRouter()
     created = int(time.time())
 
-    @router.post(RERANK_PATH, response_model=RerankResponse, responses=ERROR_RESPONSES,
+    @router.post(RERANK_PATH, response_model=RerankResponse, response_model_exclude_none=True,
+                 responses=ERROR_RESPONSES,
                  summary="Rerank documents (ZeroEntropy's API)", tags=["rerank"])
     async def zeroentropy_rerank(body: ZeroEntropyRerankRequest, request: Request) -> RerankResponse:
         received = time.perf_counter()
@@ -236,7 +260,8 @@ def make_rerank_router(rerank_scores: RerankScores, resolve_model: Callable[[str
         logits, prepared, inference = await rerank_scores(body.query, body.documents, request)
         scores = scores_from_logits(logits)
         return RerankResponse(
-            results=[RerankResult(index=i, relevance_score=float(scores[i])) for i in ranked(scores, body.top_n)],
+            results=[RerankResult(index=i, relevance_score=float(scores[i]), span=span_of(prepared, i))
+                     for i in ranked(scores, body.top_n)],
             actual_latency_mode=body.latency or "fast",
             e2e_latency=time.perf_counter() - received,
             inference_latency=inference,
@@ -258,11 +283,12 @@ def make_rerank_router(rerank_scores: RerankScores, resolve_model: Callable[[str
                  responses=ERROR_RESPONSES, tags=["rerank"], summary="Rerank texts (text-embeddings-inference shape)")
     async def rerank_tei(body: TEIRerankRequest, request: Request) -> list[TEIRank]:
         direction = "left" if body.truncation_direction.lower() == "left" else "right"
-        logits, _, _ = await rerank_scores(body.query, body.texts, request, truncate=bool(body.truncate),
-                                           direction=direction)
+        logits, prepared, _ = await rerank_scores(body.query, body.texts, request, truncate=bool(body.truncate),
+                                                  direction=direction)
         scores = scores_from_logits(logits)
         values = logits if body.raw_scores else scores
-        return [TEIRank(index=i, score=float(values[i]), text=body.texts[i] if body.return_text else None)
+        return [TEIRank(index=i, score=float(values[i]), text=body.texts[i] if body.return_text else None,
+                        span=span_of(prepared, i))
                 for i in ranked(scores, None)]
 
     @router.get("/v1/models", response_model=ModelList, tags=["models"], summary="The served model's names")
@@ -319,7 +345,8 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"Internal server error: {type(exc).__name__}."}, status_code=500)
 
 
-def create_app(args: ServeArguments, model_args: ModelArguments, model: CrossEncoder | None = None) -> FastAPI:
+def create_app(args: ServeArguments, model_args: ModelArguments, model: CrossEncoder | None = None,
+               chunk_args: ChunkArguments | None = None) -> FastAPI:
     """The FastAPI application. ``model`` (a loaded ``CrossEncoder``) is loaded from ``model_args`` if not given.
 
     The scoring worker starts and stops with the application's lifespan. ``app.state.engine`` is the
@@ -328,7 +355,8 @@ def create_app(args: ServeArguments, model_args: ModelArguments, model: CrossEnc
     """
     if model is None:
         model = load_from_arguments(model_args)
-    engine = RerankEngine(model, args, max_batch_tokens=model_args.max_batch_tokens)
+    engine = RerankEngine(model, args, max_batch_tokens=model_args.max_batch_tokens,
+                          chunking=ChunkSettings.from_arguments(chunk_args))
     served = served_names(args, model_args)
     metrics = ServerMetrics(engine)
 
@@ -357,7 +385,8 @@ def create_app(args: ServeArguments, model_args: ModelArguments, model: CrossEnc
     rerank_scores = make_rerank_scores(engine, args)
     rerank = make_rerank(rerank_scores)
     app.include_router(make_rerank_router(rerank_scores, resolve_model, served), dependencies=authorized)
-    app.include_router(make_search_router(SQLiteStore(args.store), rerank, resolve_model), dependencies=authorized)
+    app.include_router(make_search_router(SQLiteStore(args.store), rerank, resolve_model,
+                                          max_rerank=args.max_documents), dependencies=authorized)
     app.include_router(make_health_router(engine, served))
     app.include_router(make_metrics_router(metrics), dependencies=authorized)
     app.state.engine = engine
@@ -390,9 +419,14 @@ def make_server(app: FastAPI, args: ServeArguments, **config: Any) -> DrainingSe
     return DrainingServer(uvicorn.Config(app, **settings), app.state.engine)
 
 
-def main(serve_args: ServeArguments, model_args: ModelArguments) -> None:
-    """``zerank serve``: load the model and serve it with uvicorn until SIGTERM or Ctrl-C (then drain)."""
+def main(serve_args: ServeArguments, model_args: ModelArguments, chunk_args: ChunkArguments | None = None) -> None:
+    """``zerank serve``: check the search store, load the model and serve it with uvicorn until SIGTERM or Ctrl-C
+    (then drain). A store that cannot be used stops it at once with one line naming the problem."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(serve_args.log_level.upper())
-    app = create_app(serve_args, model_args)
+    try:
+        SQLiteStore(serve_args.store).check()
+    except StoreError as exc:
+        raise SystemExit(f"zerank: error: {exc}") from None
+    app = create_app(serve_args, model_args, chunk_args=chunk_args)
     make_server(app, serve_args).run()

@@ -39,8 +39,11 @@ class ServeArguments:
         default=None, metadata={"help": "Longest document in tokens (default: what the model can read, its context "
                                         "minus the query and the template)."}
     )
-    long_documents: Literal["truncate", "error"] = field(
-        default="truncate", metadata={"help": "Documents over the longest: keep their first tokens, or answer 400."}
+    long_documents: Literal["truncate", "error", "chunk"] = field(
+        default="truncate", metadata={"help": "Documents over the longest: keep their first tokens, or answer 400; "
+                                              "chunk: a document whose prompt exceeds --chunk-tokens scores as its "
+                                              "best window (the long documents group), reported in each result's "
+                                              "`span`."}
     )
     max_round_tokens: int = field(
         default=65536, metadata={"help": "Token budget of the queued requests merged into one scoring round."}
@@ -65,9 +68,10 @@ class ServeArguments:
     )
     store: Path = field(
         default_factory=lambda: default_data_dir() / "search.sqlite3",
-        metadata={"help": "SQLite file of the ZeroEntropy search API's collections (created on first use; default: "
-                          "search.sqlite3 in $XDG_DATA_HOME/zerank or ~/.local/share/zerank; on Windows in "
-                          "LOCALAPPDATA's zerank folder)."},
+        metadata={"help": "SQLite file of the ZeroEntropy search API's collections (checked, or created, at start: "
+                          "a store that cannot be used stops the server; default: search.sqlite3 in "
+                          "$XDG_DATA_HOME/zerank or ~/.local/share/zerank; on Windows in LOCALAPPDATA's zerank "
+                          "folder)."},
     )
     log_level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata={"help": "Log level."})
 

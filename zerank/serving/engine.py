@@ -19,8 +19,10 @@ import numpy as np
 from fastapi import HTTPException, Request
 from sentence_transformers import CrossEncoder
 
-from zerank.model.scoring import batch_token_budget, calibrated_score, score_pairs, template_overhead_tokens
+from zerank.model.long_documents import ChunkSettings, DocumentWindows, PromptFormat, aggregate, plan_windows
+from zerank.model.scoring import batch_token_budget, calibrated_score, score_pairs
 from zerank.serving.arguments import ServeArguments
+from zerank.serving.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ class Prepared:
     pairs: list[tuple[str, str]]
     lengths: list[int]
     total_bytes: int
+    # --long-documents chunk: each document's windows (``pairs`` are the windows), and once scored its best window's
+    # (start, end, windows) (see RerankEngine.prepare_windows).
+    windows: list[DocumentWindows] | None = None
+    spans: list[tuple[int, int, int]] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -71,6 +77,7 @@ class Job:
 
 
 _STOP = object()
+WINDOW_PLANNERS = 2  # tokenizer copies for planning the windows of requests (--long-documents chunk)
 
 
 class RerankEngine:
@@ -83,19 +90,29 @@ class RerankEngine:
     ``args.max_queued_pairs``.
     """
 
-    def __init__(self, model: CrossEncoder, args: ServeArguments, max_batch_tokens: int | None = None):
+    def __init__(self, model: CrossEncoder, args: ServeArguments, max_batch_tokens: int | None = None,
+                 chunking: ChunkSettings | None = None):
         self.model = model
         self.args = args
+        # --long-documents chunk: how documents are windowed (prepare_windows), with a tokenizer of its own.
+        self.chunking = (chunking or ChunkSettings()) if args.long_documents == "chunk" else None
+        if self.chunking is not None and self.chunking.max_tokens > model.max_seq_length:
+            raise ValueError(f"--chunk-tokens {self.chunking.max_tokens} is larger than the model's context "
+                             f"({model.max_seq_length} tokens).")
+        # Request threads plan windows with a few tokenizer copies of their own (a fast tokenizer must not be used
+        # by two threads at once), so one request's large documents do not hold up the others' planning.
+        self._window_formats: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(WINDOW_PLANNERS if self.chunking is not None else 0):
+            self._window_formats.put(PromptFormat.of(model, tokenizer=copy.deepcopy(model.tokenizer)))
         self.max_batch_tokens = max_batch_tokens
         self.chunk_tokens = max_batch_tokens or batch_token_budget(model)
         self.max_seq_length = int(model.max_seq_length)
         module = model[0]
         self.max_query_tokens = int(getattr(module, "max_query_tokens", self.max_seq_length // 2))
-        # Request preparation runs in request threads: it gets its own tokenizer (a fast tokenizer must not be used
-        # by two threads at once) and a lock, so it never races the worker's tokenizer.
-        self.tokenizer = copy.deepcopy(model.tokenizer)
-        self._tokenizer_lock = threading.Lock()
-        self.template_tokens = template_overhead_tokens(self.tokenizer)
+        # Request preparation runs in request threads: they count with their own tokenizer copies (never the
+        # worker's), exactly as the model tokenizes content (special-token strings split or not, as its config says).
+        self.counter = TokenCounter(model.tokenizer, bool(getattr(module, "split_special_tokens_in_content", True)))
+        self.template_tokens = self.counter.empty_pair
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards the counters below
@@ -121,36 +138,89 @@ class RerankEngine:
         by ``args.max_document_tokens`` and ``max_document_tokens``. Longer ones are cut (``direction`` right keeps
         their beginning, left their end) or refused with 400, as ``truncate`` says (default: ``args.long_documents``).
         """
+        if self.chunking is not None:
+            return self.prepare_windows(query, documents, max_document_tokens=max_document_tokens,
+                                        truncate=truncate, direction=direction)
         truncate = self.args.long_documents == "truncate" if truncate is None else truncate
-        with self._tokenizer_lock:
-            query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-            if query_tokens > self.max_query_tokens:
-                raise RequestError(f"The query has {query_tokens} tokens; this model accepts at most "
-                                   f"{self.max_query_tokens} (max_query_tokens).")
-            caps = [self.max_seq_length - query_tokens - self.template_tokens, self.args.max_document_tokens,
-                    max_document_tokens]
-            cap = max(1, min(c for c in caps if c is not None))
-            documents = list(documents)
-            encoded = self.tokenizer(documents, add_special_tokens=False, return_offsets_mapping=True) \
-                if documents else {"input_ids": [], "offset_mapping": []}
-            document_tokens = [len(ids) for ids in encoded["input_ids"]]
-            for i, n in enumerate(document_tokens):
-                if n <= cap:
-                    continue
-                if not truncate:
-                    raise RequestError(f"Document {i} has {n} tokens; this server accepts at most {cap} for this "
-                                       "query (the model's context, --max-document-tokens, max_tokens_per_doc).")
-                # Keep the text of the first (or last) `cap` tokens: offsets are character spans of the text.
-                offsets = encoded["offset_mapping"][i]
-                documents[i] = (documents[i][: offsets[cap - 1][1]] if direction == "right"
-                                else documents[i][offsets[n - cap][0]:])
-                document_tokens[i] = len(self.tokenizer(documents[i], add_special_tokens=False)["input_ids"])
-        lengths = [min(query_tokens + n + self.template_tokens, self.max_seq_length) for n in document_tokens]
+        self._check_query(query)
+        query_tokens = self.counter.query_tokens(query)  # with the template
+        caps = [self.max_seq_length - query_tokens, self.args.max_document_tokens, max_document_tokens]
+        cap = max(1, min(c for c in caps if c is not None))
+        documents = list(documents)
+        document_tokens = self._cut_documents(documents, cap, truncate, direction)
+        lengths = [min(query_tokens + n, self.max_seq_length) for n in document_tokens]
         return Prepared(
             pairs=[(query, document) for document in documents],
             lengths=lengths,
             total_bytes=len(query.encode()) + sum(len(document.encode()) for document in documents),
         )
+
+    def _check_query(self, query: str) -> None:
+        """400 for a query over ``max_query_tokens`` (counted as the model counts it, on a bounded prefix)."""
+        head, whole = self.counter.head(query, self.max_query_tokens)
+        tokens = self.counter.tokens(head)
+        if not whole or tokens > self.max_query_tokens:
+            raise RequestError(f"The query has {tokens if whole else 'more than ' + str(self.max_query_tokens)} "
+                               f"tokens; this model accepts at most {self.max_query_tokens} (max_query_tokens).")
+
+    def _cut_documents(self, documents: list[str], cap: int, truncate: bool, direction: str) -> list[int]:
+        """Each document's tokens in its prompt, cutting (in place) or refusing those over ``cap``; no document is
+        tokenized much past ``cap`` tokens."""
+        heads = [self.counter.head(document, cap, direction) for document in documents]
+        counts = self.counter.document_tokens([head for head, _ in heads])
+        for i, ((head, whole), n) in enumerate(zip(heads, counts)):
+            if whole and n <= cap:
+                continue
+            if not truncate:
+                raise RequestError(f"Document {i} has {n if whole else 'more than ' + str(cap)} tokens; this server "
+                                   f"accepts at most {cap} for this query (the model's context, "
+                                   "--max-document-tokens, max_tokens_per_doc).")
+            documents[i], counts[i] = self.counter.cut(head, cap, direction)
+        return counts
+
+    def prepare_windows(self, query: str, documents: list[str], *, max_document_tokens: int | None = None,
+                        truncate: bool | None = None, direction: Literal["left", "right"] = "right") -> Prepared:
+        """``prepare`` under ``--long-documents chunk``: each document becomes its windows
+        (:func:`zerank.model.long_documents.plan_windows`; a document that fits is one window, itself), and the
+        windows are the pairs scored, so they count against ``--max-queued-pairs`` and ``--max-round-tokens``.
+
+        The model's context no longer cuts a document; the explicit caps (``args.max_document_tokens``,
+        ``max_document_tokens``) still do (or refuse it with 400 when ``truncate`` is False). A request of more
+        windows than ``args.max_queued_pairs`` is refused with 400."""
+        self._check_query(query)
+        documents = list(documents)
+        caps = [cap for cap in (self.args.max_document_tokens, max_document_tokens) if cap is not None]
+        if caps and documents:
+            self._cut_documents(documents, min(caps), truncate is not False, direction)
+        fmt = self._window_formats.get()
+        try:
+            plans = plan_windows(fmt, query, documents, self.chunking)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        finally:
+            self._window_formats.put(fmt)
+        pairs = [(query, document[s:e]) for document, plan in zip(documents, plans) for s, e in plan.spans]
+        if len(pairs) > self.args.max_queued_pairs:
+            raise RequestError(f"The request's documents make {len(pairs)} windows; this server queues at most "
+                               f"{self.args.max_queued_pairs} pairs (--max-queued-pairs): send fewer or shorter "
+                               "documents.")
+        return Prepared(pairs=pairs, lengths=[n for plan in plans for n in plan.lengths],
+                        total_bytes=len(query.encode()) + sum(len(document.encode()) for document in documents),
+                        windows=plans)
+
+    def document_logits(self, prepared: Prepared, logits: np.ndarray) -> np.ndarray:
+        """Each document's calibrated logit from its windows' (``prepared.windows``; as is without), and its best
+        window in ``prepared.spans``."""
+        if prepared.windows is None:
+            return logits
+        values, spans, position = [], [], 0
+        for plan in prepared.windows:
+            value, best = aggregate(logits[position: position + len(plan.spans)], self.chunking)
+            position += len(plan.spans)
+            values.append(value)
+            spans.append((*plan.spans[best], len(plan.spans)))
+        prepared.spans = spans
+        return np.asarray(values, dtype=np.float32)
 
     def retry_after(self) -> int:
         """Seconds the queued pairs need at the measured speed (1..60)."""
@@ -169,7 +239,7 @@ class RerankEngine:
             if self.draining:
                 self.requests_rejected += 1
                 raise RequestError("The server is shutting down; retry on another replica or later.", 503,
-                                   retry_after=self.retry_after())
+                                   retry_after=max(1, math.ceil(self.args.drain_timeout)))  # it is gone by then
             if self.queued_jobs and self.queued_pairs + len(pairs) > self.args.max_queued_pairs:
                 self.requests_rejected += 1
                 raise RequestError(f"The server is busy: {self.queued_pairs} pairs are queued and it queues at most "
@@ -218,7 +288,8 @@ class RerankEngine:
             if watch is not None:
                 watch.cancel()
         if scoring in done:
-            return scoring.result()
+            logits, seconds = scoring.result()
+            return self.document_logits(prepared, logits), seconds
         self.cancel(job)
         if watch is not None and watch in done:
             raise ClientDisconnected()

@@ -27,16 +27,27 @@ class _Constant:
         self.literal = literal
 
 
+MAX_JSON_DEPTH = 128
+"""Deepest nesting of arrays and objects a JSON body may have (deeper bodies get 400 before any parsing that
+recurses: pydantic, the routes)."""
+MAX_HEADER_BYTES = 16 * 1024
+"""Largest request head (h11's default limit for an incomplete one); larger ones get 431."""
+
+
 def invalid_json_field(body: bytes) -> str | None:
-    """Where a JSON body holds a NaN/Infinity literal or a lone surrogate, as ``field: reason``; None if nowhere
-    (also for malformed JSON, which FastAPI answers itself)."""
+    """Where a JSON body holds a NaN/Infinity literal or a lone surrogate, or nests deeper than ``MAX_JSON_DEPTH``,
+    as ``field: reason``; None if nowhere (also for malformed JSON, which FastAPI answers itself)."""
     try:
         value = json.loads(body, parse_constant=_Constant)
+    except RecursionError:
+        return f"body: the JSON nests deeper than {MAX_JSON_DEPTH} levels"
+    except UnicodeDecodeError:
+        return "body: the JSON is not valid UTF-8"
     except ValueError:
         return None
-    stack: list[tuple[str, Any]] = [("body", value)]
+    stack: list[tuple[str, Any, int]] = [("body", value, 0)]
     while stack:
-        path, item = stack.pop()
+        path, item, depth = stack.pop()
         if isinstance(item, _Constant):
             return f"{path}: {item.literal} is not valid JSON (JSON has no NaN or Infinity)"
         if isinstance(item, str):
@@ -44,13 +55,21 @@ def invalid_json_field(body: bytes) -> str | None:
                 item.encode("utf-8")
             except UnicodeEncodeError:
                 return f"{path}: the string holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode"
+        elif isinstance(item, (dict, list)) and depth >= MAX_JSON_DEPTH:
+            return f"{path}: the JSON nests deeper than {MAX_JSON_DEPTH} levels"
         elif isinstance(item, dict):
             for key, child in item.items():
-                stack.append((f"{path}.{key}", key))
-                stack.append((f"{path}.{key}", child))
+                stack.append((f"{path}.{_printable(key)}", key, depth + 1))
+                stack.append((f"{path}.{_printable(key)}", child, depth + 1))
         elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+            stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
     return None
+
+
+def _printable(key: str, limit: int = 64) -> str:
+    """A JSON key as it can appear in a message: lone surrogates escaped, at most ``limit`` characters."""
+    key = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return key if len(key) <= limit else key[: limit - 3] + "..."
 
 
 class ServerMetrics:
@@ -132,12 +151,14 @@ class ServingMiddleware:
                 await error(scope, receive, send_recording)
             else:
                 await self.app(scope, receive, send_recording)
-        except asyncio.CancelledError:  # the drain time after SIGTERM is over: say so, then stop
+        except asyncio.CancelledError:
+            # The drain time after SIGTERM is over: say so and end the request (re-raising would make uvicorn log
+            # a traceback for every request cut off by a shutdown; the access log line says "cancelled").
+            info["cancelled"] = "shutdown"
             if not status[0]:
                 await JSONResponse({"detail": "The server shut down before this request was scored; retry on "
                                               "another replica or later."}, status_code=503,
                                    headers={"Retry-After": "1", "Connection": "close"})(scope, receive, send_recording)
-            raise
         finally:
             status[0] = status[0] or 500
             route = scope.get("route")
@@ -153,8 +174,14 @@ class ServingMiddleware:
                                            "seconds": round(elapsed, 4), **info}))
 
     async def _read_body(self, scope, receive):
-        """(an error response or None, the receive the app gets): POST bodies are read here, within the size and
-        time limits, checked for invalid JSON values, and replayed to the app."""
+        """(an error response or None, the receive the app gets): the request head is checked for size, POST bodies
+        are read here, within the size and time limits, checked for invalid JSON values, and replayed to the app."""
+        head = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + sum(
+            len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > MAX_HEADER_BYTES:
+            return JSONResponse({"detail": f"The request line and headers have {head} bytes; this server accepts at "
+                                           f"most {MAX_HEADER_BYTES}."}, status_code=431,
+                                headers={"Connection": "close"}), receive
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return None, receive
         headers = dict(scope["headers"])
@@ -201,15 +228,37 @@ class ServingMiddleware:
 
 class HeaderTimeoutH11Protocol(H11Protocol):
     """uvicorn's h11 protocol that closes a connection whose request headers take longer than ``header_timeout``
-    (uvicorn bounds idle keep-alive connections but not slowly sent headers)."""
+    (uvicorn bounds idle keep-alive connections but not slowly sent headers), and answers a request h11 cannot read
+    with JSON: 431 for headers over ``MAX_HEADER_BYTES``, else 400, reading and dropping the rest of the request
+    before it closes (a close with unread data would reset the connection before the client reads the answer)."""
 
     header_timeout: float = 10.0
+    _discarding: bool = False
+
+    def send_400_response(self, msg: str) -> None:
+        too_large = len(self.conn.trailing_data[0]) > MAX_HEADER_BYTES
+        status = 431 if too_large else 400
+        detail = (f"The request line and headers are over {MAX_HEADER_BYTES} bytes." if too_large
+                  else "Invalid HTTP request: it could not be parsed as HTTP/1.1.")
+        body = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
+        self.transport.write(self.conn.send(h11.Data(data=body)))
+        self.transport.write(self.conn.send(h11.EndOfMessage()))
+        self._cancel_header_timer()
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(2.0, self.transport.close)  # a client that keeps sending gets 2 s, then the close
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request's headers are in
             self._cancel_header_timer()

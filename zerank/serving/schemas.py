@@ -17,16 +17,30 @@ class ZeroEntropyRerankRequest(BaseModel):
     model: str = Field(description="A served model name (see GET /v1/models).", examples=["zerank-1"])
     query: str = Field(description="The query to rerank the documents by.")
     documents: list[str] = Field(description="The documents to rerank, each a string. May be empty.")
-    top_n: int | None = Field(None, ge=1, description="Return only the n most relevant documents (default: all).")
+    top_n: int | None = Field(None, ge=1, strict=True,
+                              description="Return only the n most relevant documents (default: all).")
     latency: Literal["fast", "slow"] | None = Field(
         None, description="Accepted for compatibility with ZeroEntropy's API; a self-hosted server has one mode."
     )
+
+
+class Span(BaseModel):
+    """The document's best window (``zerank serve --long-documents chunk``): an extra field every client tolerates."""
+
+    start: int = Field(description="Offset of the window's first character in the document (Unicode code points).")
+    end: int = Field(description="Offset after its last character: the passage is `text[start:end]`.")
+    windows: int = Field(description="Windows the document was scored in (1: it fit, the span is all of it).")
+
+
+SPAN_DESCRIPTION = ("With --long-documents chunk: the best window of the document, whose score is the document's "
+                    "(under the default max aggregation).")
 
 
 class RerankResult(BaseModel):
     index: int = Field(description="Index of the document in the request's `documents`.")
     relevance_score: float = Field(description="Calibrated relevance in [0, 1]; depends only on the query and "
                                                "this document.")
+    span: Span | None = Field(None, description=SPAN_DESCRIPTION)
 
 
 class RerankResponse(BaseModel):
@@ -48,11 +62,12 @@ class CohereRerankRequest(BaseModel):
     model: str | None = Field(None, description="A served model name (default: the served model).")
     query: str = Field(description="The query to rerank the documents by.")
     documents: list[str | TextDocument] = Field(description="Strings or {\"text\": ...} objects. May be empty.")
-    top_n: int | None = Field(None, ge=1, description="Return only the n most relevant documents (default: all).")
+    top_n: int | None = Field(None, ge=1, strict=True,
+                              description="Return only the n most relevant documents (default: all).")
     return_documents: bool | None = Field(
         None, description="Echo each document's text as `document.text` (default: true on /v1 as Jina and vLLM "
                           "do, false on /v2 as Cohere does).")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="Cut documents to their first tokens.")
+    max_tokens_per_doc: int | None = Field(None, ge=1, strict=True, description="Cut documents to their first tokens.")
 
 
 class CohereDocument(BaseModel):
@@ -63,6 +78,7 @@ class CohereResult(BaseModel):
     index: int = Field(description="Index of the document in the request's `documents`.")
     relevance_score: float = Field(description="Calibrated relevance in [0, 1].")
     document: CohereDocument | None = Field(None, description="The document, with `return_documents`.")
+    span: Span | None = Field(None, description=SPAN_DESCRIPTION)
 
 
 class Usage(BaseModel):
@@ -94,6 +110,7 @@ class TEIRank(BaseModel):
     index: int
     score: float
     text: str | None = None
+    span: Span | None = Field(None, description=SPAN_DESCRIPTION)
 
 
 class ModelCard(BaseModel):

@@ -23,6 +23,7 @@ exists (``overwrite`` replaces a document); 400 for bad metadata or filters; 415
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -52,6 +53,8 @@ ResolveModel = Callable[[str], str]
 MetadataValue = str | list[str]
 IndexStatus = Literal["not_parsed", "parsing", "not_indexed", "indexing", "indexed", "parsing_failed",
                       "indexing_failed"]
+logger = logging.getLogger(__name__)
+
 MAX_QUERY_BYTES = 4096
 SUCCESS = "Success!"
 _STATUS = {NotFoundError: 404, ConflictError: 409, InvalidRequestError: 400}
@@ -106,11 +109,11 @@ class DocumentRequest(CollectionName):
 
 
 class PageRequest(DocumentRequest):
-    page_index: int = Field(ge=0)
+    page_index: int = Field(ge=0, strict=True)
 
 
 class DocumentListRequest(CollectionName):
-    limit: int = Field(1024, ge=1, le=1024)
+    limit: int = Field(1024, ge=1, le=1024, strict=True)
     path_gt: str | None = None
     path_prefix: str | None = None
 
@@ -202,7 +205,7 @@ class QueryRequest(CollectionName):
 
 class TopDocumentsRequest(QueryRequest):
     query: str | None = Field(description="The query; null lists documents (by path) without ranking.")
-    k: int = Field(ge=1, le=2048)
+    k: int = Field(ge=1, le=2048, strict=True)
     include_metadata: bool = False
 
     _check_query = field_validator("query")(_query_bytes)
@@ -210,7 +213,7 @@ class TopDocumentsRequest(QueryRequest):
 
 class TopPagesRequest(QueryRequest):
     query: str
-    k: int = Field(ge=1, le=1024)
+    k: int = Field(ge=1, le=1024, strict=True)
     include_content: bool = False
     include_metadata: bool = False
 
@@ -218,11 +221,13 @@ class TopPagesRequest(QueryRequest):
 
 
 class TopSnippetsRequest(QueryRequest):
-    query: str = Field(max_length=4096)
-    k: int = Field(ge=1, le=128)
+    query: str
+    k: int = Field(ge=1, le=128, strict=True)
     precise_responses: bool = Field(False, description="Short snippets (at most 200 characters) instead of long "
                                                        "ones (at most 2,000).")
     include_document_metadata: bool = False
+
+    _check_query = field_validator("query")(_query_bytes)
 
 
 class DocumentResult(BaseModel):
@@ -266,22 +271,37 @@ class TopSnippetsResponse(BaseModel):
 # --- routes ---
 
 
+def winning_passages(hits: Sequence[Hit], spans: Sequence[tuple[int, int, int]] | None) -> list[Hit]:
+    """Snippets narrowed to the best window the reranker scored them by (``zerank serve --long-documents chunk``:
+    ``spans`` are each text's (start, end, windows)); a snippet scored whole, or without spans, is kept."""
+    if spans is None:
+        return list(hits)
+    return [replace(hit, start=hit.start + start, end=hit.start + end, text=hit.text[start:end]) if windows > 1
+            else hit for hit, (start, end, windows) in zip(hits, spans)]
+
+
 def make_search_router(store: SearchStore, rerank: Rerank, resolve_model: ResolveModel | None = None,
-                       rerank_candidates: int = 50) -> APIRouter:
+                       rerank_candidates: int = 50, max_rerank: int | None = None) -> APIRouter:
     """The search routes under ``/v1``, over ``store``, reranked by ``rerank`` (the server's scoring core).
 
     ``resolve_model`` checks a query's ``reranker`` name (default: any name). Reranking scores the
-    ``max(k, rerank_candidates)`` best BM25 results. Mount with the server's API-key dependency:
+    ``max(k, rerank_candidates)`` best BM25 results, at most ``max_rerank`` of them (the server's
+    ``--max-documents``); with a larger ``k``, the rest follow the reranked ones in BM25 order, with score 0. Mount
+    with the server's API-key dependency:
     ``app.include_router(make_search_router(...), dependencies=[Depends(require_api_key)])``.
     """
     router = APIRouter(prefix="/v1", tags=["search"])
 
     async def call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a store method off the event loop; its refusals become 404, 409 or 400 (500: the store is unusable)."""
+        """Run a store method off the event loop; its refusals become 404, 409 or 400 (503: the store is unusable,
+        logged, never shown to the client, whose message names server paths)."""
         try:
             return await run_in_threadpool(method, *args, **kwargs)
         except StoreError as exc:
-            raise HTTPException(_STATUS.get(type(exc), 500), str(exc)) from None
+            if type(exc) in _STATUS:
+                raise HTTPException(_STATUS[type(exc)], str(exc)) from None
+            logger.error("The search store failed: %s", exc)  # the message names server paths: not for clients
+            raise HTTPException(503, "The search store cannot be used; the server's log says why.") from None
 
     def file_url(request: Request, collection: str, path: str) -> str:
         return str(request.url_for("get_document_file").include_query_params(collection_name=collection, path=path))
@@ -298,9 +318,13 @@ def make_search_router(store: SearchStore, rerank: Rerank, resolve_model: Resolv
         if body.reranker is None or query is None:
             return await call(store.search, body.collection_name, query, k, unit, body.filter)
         hits = await call(store.search, body.collection_name, query, max(k, rerank_candidates), unit, body.filter)
-        scores = await rerank(query, [hit.text for hit in hits], request) if hits else []
-        order = sorted(range(len(hits)), key=lambda i: -scores[i])  # stable: ties keep BM25 order
-        return [replace(hits[i], score=scores[i]) for i in order[:k]]
+        cut = len(hits) if max_rerank is None else max_rerank
+        rescored, rest = hits[:cut], hits[cut:]
+        scores = await rerank(query, [hit.text for hit in rescored], request) if rescored else []
+        if unit in ("short_snippet", "long_snippet"):
+            rescored = winning_passages(rescored, getattr(scores, "spans", None))
+        order = sorted(range(len(rescored)), key=lambda i: -scores[i])  # stable: ties keep BM25 order
+        return ([replace(rescored[i], score=scores[i]) for i in order] + [replace(hit, score=0.0) for hit in rest])[:k]
 
     def document_results(request: Request, collection: str, hits: Sequence[Hit],
                          metadata: bool) -> list[DocumentResult]:

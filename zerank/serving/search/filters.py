@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from zerank.serving.search.store import MAX_METADATA_BYTES, InvalidRequestError, Metadata
+from zerank.serving.search.store import MAX_FILTER_DEPTH, MAX_METADATA_BYTES, InvalidRequestError, Metadata
 
 _ATTRIBUTE = re.compile(r"(list:)?[A-Za-z0-9_-]+")
 
@@ -44,14 +44,17 @@ _COMPARISONS: dict[str, Callable[[str, str], bool]] = {
 }
 
 
-def compile_filter(metadata_filter: Mapping[str, Any]) -> Callable[[Metadata], bool]:
+def compile_filter(metadata_filter: Mapping[str, Any], depth: int = 0) -> Callable[[Metadata], bool]:
     """ZeroEntropy's metadata filter as a predicate on a document's metadata (raises ``InvalidRequestError``).
 
     ``{"$and": [f, ...]}``, ``{"$or": [f, ...]}``, or ``{attribute: {operator: value, ...}, ...}`` (all must hold).
     A string attribute takes ``$eq $ne $gt $gte $lt $lte`` with a string (compared as strings) and ``$in $nin``
     with a list of strings; a ``list:`` attribute takes only ``$in $nin`` (true when the lists share an element).
-    A missing attribute is null: only ``$ne`` and ``$nin`` are true of it.
+    A missing attribute is null: only ``$ne`` and ``$nin`` are true of it. ``$and`` and ``$or`` nest at most
+    ``MAX_FILTER_DEPTH`` deep.
     """
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidRequestError(f"The filter nests $and/$or deeper than {MAX_FILTER_DEPTH} levels.")
     if not isinstance(metadata_filter, Mapping):
         raise InvalidRequestError(f"A filter must be an object, got {metadata_filter!r}.")
     tests: list[Callable[[Metadata], bool]] = []
@@ -59,7 +62,7 @@ def compile_filter(metadata_filter: Mapping[str, Any]) -> Callable[[Metadata], b
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise InvalidRequestError(f"{key} takes a non-empty list of filters, got {value!r}.")
-            parts = [compile_filter(part) for part in value]
+            parts = [compile_filter(part, depth + 1) for part in value]
             combine = all if key == "$and" else any
             tests.append(lambda m, parts=parts, combine=combine: combine(part(m) for part in parts))
         elif key.startswith("$"):

@@ -18,6 +18,7 @@ from zerank.serving.search.passages import cut_passages, page_spans
 from zerank.serving.search.store import (
     LONG_SNIPPET_CHARS,
     MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
     PAGE_SEPARATOR,
     SHORT_SNIPPET_CHARS,
     UNITS,
@@ -34,11 +35,12 @@ from zerank.serving.search.store import (
 )
 
 SCHEMA_VERSION = 1
-_TERM = re.compile(r"\w+")
+_TERM = re.compile(r"[^\W_]+")  # letters and digits: what FTS5's unicode61 tokenizer keeps ("a_b" is two words)
 
 
 def match_expression(query: str) -> str | None:
-    """An FTS5 query matching any of the query's words (each quoted, so no word is read as FTS5 syntax)."""
+    """An FTS5 query matching any of the query's words (each quoted, so no word is read as FTS5 syntax), split as
+    the index splits its text."""
     terms = dict.fromkeys(_TERM.findall(query))
     return " OR ".join(f'"{term}"' for term in terms) or None
 
@@ -118,38 +120,62 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
+    def check(self) -> None:
+        """Open the store now, creating it if it is missing, and check its file (``StoreError`` naming the problem):
+        ``zerank serve`` calls this before it starts, so that a broken store stops it with one clear line."""
+        self._connect().close()
+
     def _initialize(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"The folder of the store {self.path} cannot be created ({exc.strerror or exc}); "
+                             "choose another --store.") from None
+        if self.path.is_dir():
+            raise StoreError(f"The store {self.path} is a folder; --store names a file.")
+        conn = None
         try:
             conn = self._open()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not an SQLite database ({exc}); choose another --store.") from None
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            with _in_transaction(conn, write=True):
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                        raise StoreError(f"{self.path} is an SQLite database but not a zerank store; choose another "
-                                         "--store.")
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
-                    raise StoreError(f"{self.path} is a zerank store of schema version {version}; this version of "
-                                     f"zerank reads version {SCHEMA_VERSION}.")
+            self._set_up(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"The store {self.path} {_reason(exc)}; choose another --store.") from None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """Check the file (SQLite's quick check, a write) and create the schema in a new one."""
+        conn.execute("PRAGMA journal_mode = WAL")
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {'; '.join(problems)}")
+        with _in_transaction(conn, write=True):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    raise StoreError(f"{self.path} is an SQLite database but not a zerank store; choose another "
+                                     "--store.")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StoreError(f"{self.path} is a zerank store of schema version {version}; this version of "
+                                 f"zerank reads version {SCHEMA_VERSION}.")
+            conn.execute(f"PRAGMA user_version = {version or SCHEMA_VERSION}")  # a write: fails on a read-only file
 
     @contextmanager
     def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
+        """One transaction; an SQLite failure (a damaged file, a full disk, a lock held too long) is a StoreError."""
         try:
-            with _in_transaction(conn, write):
-                yield conn
-        finally:
-            conn.close()
+            conn = self._connect()
+            try:
+                with _in_transaction(conn, write):
+                    yield conn
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"The store {self.path} {_reason(exc)}.") from None
 
     @staticmethod
     def _collection_id(conn: sqlite3.Connection, name: str) -> int:
@@ -195,8 +221,9 @@ class SQLiteStore:
 
     def add_document(self, collection: str, path: str, pages: Sequence[str], *, content_type: ContentType = "text",
                      metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
-        if not path:
-            raise InvalidRequestError("A document path must not be empty.")
+        if not path or len(path.encode()) > MAX_PATH_BYTES:
+            raise InvalidRequestError(f"A document path must be 1 to {MAX_PATH_BYTES} UTF-8 bytes long, got "
+                                      f"{len(path.encode())}.")
         if content_type == "text" and len(pages) != 1:
             raise InvalidRequestError("A text document has exactly one page.")
         metadata = check_metadata(metadata)
@@ -351,6 +378,18 @@ class SQLiteStore:
         return [Hit(path=path, metadata=json.loads(metadata), page_index=page_index, start=start, end=end, text=text,
                     score=float(score))
                 for path, metadata, page_index, start, end, text, score in rows]
+
+
+def _reason(error: sqlite3.Error) -> str:
+    """What an SQLite error at opening says about the file."""
+    message = str(error)
+    if "readonly" in message or "read-only" in message:
+        return "is read-only (the server writes to it)"
+    if "not a database" in message:
+        return "is not an SQLite database"
+    if "malformed" in message or "corrupt" in message:
+        return f"is damaged ({message}); restore it from a backup"
+    return f"cannot be used ({message})"
 
 
 @contextmanager

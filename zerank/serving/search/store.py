@@ -32,6 +32,8 @@ LONG_SNIPPET_CHARS = 2000  # precise_responses=false: ZeroEntropy's snippets ave
 SHORT_SNIPPET_CHARS = 200  # precise_responses=true: ~200 characters
 PAGE_SEPARATOR = "\n"
 MAX_NAME_BYTES = 1024  # collection names (ZeroEntropy's limit)
+MAX_PATH_BYTES = 1024  # document paths (so that a listing of 1,024 documents stays a few MB)
+MAX_FILTER_DEPTH = 32  # $and / $or nested in a filter
 MAX_METADATA_BYTES = 65536  # the metadata's UTF-8 JSON, without whitespace (ZeroEntropy's limit)
 
 # --- errors (the HTTP layer answers 404, 409 and 400) ---
