@@ -12,6 +12,11 @@ the plain padded forward's within float rounding, or ``None`` when its cost rule
   :func:`token_budget_batches`), right-padded, or packed into one row without padding (``pack_rows``),
 - prices every choice with :meth:`FastPath.forward_cost` (FLOPs plus a fixed cost per layer and forward).
 
+How attention sees "the shared prefix, then causally its own row" depends on the attention kind the backbone was
+loaded with (transformers' ``attn_implementation``, a load-time choice; :data:`ATTENTION_KINDS`): one dense boolean
+mask under ``sdpa``/``eager`` (the reference), a block mask built from row boundaries under ``flex_attention``
+(:func:`prefix_block_mask`: no dense mask, rows packed without padding), the varlen lengths under flash attention.
+
 Runtime tuning lives in :class:`FastPathSettings`, with defaults per device kind in code (not in ``config.json``).
 The model head holds one ``FastPath``; override its settings when loading with
 ``from_pretrained(path, fast_path={"max_batch_tokens": 1024})`` (sentence-transformers:
@@ -57,8 +62,9 @@ class FastPathSettings:
             16 MiB if the kernel makes it fp32); below it, the cost rule decides whether the prefix pays.
         pack_rows (`bool`, *optional*):
             Run each batch as one packed row without padding (position ids restart after the prefix at every row)
-            instead of right-padded rows. Unset: packed under flash attention, whose varlen kernel needs no mask,
-            and padded under sdpa/eager, where packing needs a (tokens x tokens) mask.
+            instead of right-padded rows. Unset: packed under flash attention (its varlen kernel needs no mask) and
+            flex attention (a block mask of the row boundaries), padded under sdpa/eager, where packing needs a
+            dense (tokens x tokens) mask.
         cpu_forward_overhead_flops (`float`, defaults to 4.8e7):
             The fixed cost of running one decoder layer once (Python, dispatch, kernel launches) on CPU, in the FLOPs
             the device would do in that time. Measured by ``zerank bench --crossover-docs N ...``
@@ -134,9 +140,10 @@ class FastPath:
         self.settings = settings if settings is not None else FastPathSettings()
 
     def supports(self) -> bool:
-        """Whether the backbone's attention allows it: sdpa, eager or flash attention, every layer full attention."""
+        """Whether the backbone's attention allows it: an attention kind of :data:`ATTENTION_KINDS` or flash
+        attention, every layer full attention."""
         implementation = self.config._attn_implementation
-        return (implementation in ("sdpa", "eager") or is_flash_attention(implementation)) and all(
+        return (implementation in ATTENTION_KINDS or is_flash_attention(implementation)) and all(
             layer_type == "full_attention" for layer_type in self.config.layer_types
         )
 
@@ -166,7 +173,10 @@ class FastPath:
             lengths = [len(rows[i]) - prefix_len for i in members]
             for batch in token_budget_batches(lengths, budget):
                 width = max(lengths[i] for i in batch)
-                shared = bool(prefix_len) and width * (prefix_len + width) <= self.settings.max_prefix_mask_elements
+                # The mask cap bounds a dense mask's memory; a block mask is as small as its row boundaries.
+                dense_mask = width * (prefix_len + width)
+                shared = bool(prefix_len) and (self.uses_block_masks()
+                                               or dense_mask <= self.settings.max_prefix_mask_elements)
                 shared = shared and (self.forward_cost(device_type, len(batch), width, prefix_len, masked=True)
                                      < self.forward_cost(device_type, len(batch), prefix_len + width))
                 kept = prefix_len if shared else 0
@@ -184,20 +194,25 @@ class FastPath:
     def forward_cost(self, device_type: str, rows: int, width: int, context: int = 0, masked: bool = False) -> float:
         """Estimated cost, in FLOPs, of one forward of ``rows`` rows of ``width`` tokens that attend to ``context``
         earlier tokens (a shared prefix): the linear layers, the attention (every key of the mask when one is passed,
-        half the square under the kernel's own causal attention) and the per-layer fixed cost of the device kind."""
+        half the square under the kernel's own causal attention; under a block mask, the prefix plus half the square)
+        and the per-layer fixed cost of the device kind."""
         config = self.config
         q_dim, kv_dim = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
         linear = 2 * config.hidden_size * (2 * q_dim + 2 * kv_dim + 3 * config.intermediate_size)
-        keys = context + width if masked else (width + 1) / 2
+        keys = context + (width if masked and not self.uses_block_masks() else (width + 1) / 2)
         attention = 4 * q_dim * keys
         overhead = self.settings.forward_overhead_flops(device_type)
         return config.num_hidden_layers * (rows * width * (linear + attention) + overhead)
 
     def packs_rows(self) -> bool:
-        """Whether batches run as one packed row (``pack_rows``; by default under flash attention only)."""
+        """Whether batches run as one packed row (``pack_rows``; by default under flash and flex attention)."""
         if self.settings.pack_rows is not None:
             return self.settings.pack_rows
-        return is_flash_attention(self.config._attn_implementation)
+        return is_flash_attention(self.config._attn_implementation) or self.uses_block_masks()
+
+    def uses_block_masks(self) -> bool:
+        """Whether the backbone runs flex attention, which takes the fast path's masks as block masks."""
+        return self.config._attn_implementation == FLEX_ATTENTION
 
     def run(self, backbone: nn.Module, rows: list[torch.Tensor], plan: list[RepackedBatch]) -> torch.Tensor:
         """Last-token hidden states of ``rows``, batch by batch as ``plan`` says; each prefix runs once, when first
@@ -218,7 +233,11 @@ class FastPath:
     def prefix_cache(self, backbone: nn.Module, prefix: torch.Tensor) -> SharedPrefixCache:
         """The keys and values of every layer for one prefix (batch 1)."""
         cache = SharedPrefixCache()
-        backbone(input_ids=prefix[None], use_cache=True, **cache_argument(backbone, cache))
+        # Under flex attention the causal block mask is given, so that transformers builds none of its own.
+        mask = {}
+        if self.uses_block_masks():
+            mask["attention_mask"] = prefix_block_mask(prefix.new_zeros(len(prefix)), 0)
+        backbone(input_ids=prefix[None], use_cache=True, **cache_argument(backbone, cache), **mask)
         return cache
 
     def _last_hidden_padded(self, backbone: nn.Module, rows: list[torch.Tensor], prefix_len: int,
@@ -236,6 +255,10 @@ class FastPath:
         position_ids = visible = None
         if prefix_len:
             position_ids = (prefix_len + torch.arange(width, device=device))[None]
+        if self.uses_block_masks():
+            # One block mask for every row: the whole prefix, then causally the row itself.
+            visible = prefix_block_mask(torch.zeros(width, dtype=torch.long, device=device), prefix_len)
+        elif prefix_len:
             # (1, 1, width, prefix_len + width): every token sees the whole prefix and, causally, its own row.
             keys = torch.arange(prefix_len + width, device=device)
             visible = self._mask((keys[None, :] <= position_ids[0, :, None])[None, None], backbone.dtype)
@@ -247,8 +270,9 @@ class FastPath:
                             cache: SharedPrefixCache | None) -> torch.Tensor:
         """``_last_hidden_padded`` with the rows packed into one row of their total length: no padding. Position ids
         restart (after the prefix) at every row. Flash attention gets the row boundaries as varlen lengths (each
-        row's keys are the prefix and its own tokens, laid out by the cache) and needs no mask; sdpa and eager get
-        one (tokens x (prefix + tokens)) mask: the prefix, then causal attention within the token's own row."""
+        row's keys are the prefix and its own tokens, laid out by the cache) and needs no mask; flex attention gets
+        a block mask of the row boundaries (:func:`prefix_block_mask`); sdpa and eager get one dense (tokens x
+        (prefix + tokens)) mask. Each says the same: the prefix (stored once), then causally the token's own row."""
         device = rows[0].device
         lengths = torch.tensor([len(r) for r in rows], device=device)
         ends = lengths.cumsum(0)
@@ -267,6 +291,8 @@ class FastPath:
             }
             if cache is not None:
                 cache = cache.continued_by(lengths.tolist())
+        elif self.uses_block_masks():
+            kwargs = {"attention_mask": prefix_block_mask((ends - lengths)[row_of], prefix_len)}
         else:
             own = (row_of[:, None] == row_of[None, :]) & (steps[None, :] <= steps[:, None])
             visible = torch.cat([own.new_ones(total, prefix_len), own], dim=-1)[None, None]
@@ -333,6 +359,63 @@ def cache_argument(backbone: nn.Module, cache: SharedPrefixCache | None) -> dict
         return {}
     name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     return {name: cache}
+
+
+FLEX_ATTENTION = "flex_attention"
+#: The attention kinds (transformers' ``attn_implementation``, chosen when loading) the fast path builds masks for;
+#: flash attention (any ``*flash*`` kernel) needs none. ``sdpa`` is transformers' default and the reference.
+ATTENTION_KINDS = ("sdpa", "eager", FLEX_ATTENTION)
+BLOCK_SIZE = 128  # flex attention's default sparse block size (tokens per query/key block)
+
+
+def prefix_block_mask(row_starts: torch.Tensor, prefix_len: int, block_size: int = BLOCK_SIZE):
+    """A flex-attention block mask for queries that see a shared prefix, then causally their own row.
+
+    Query ``q`` (of ``len(row_starts)``, packed or one padded row) sees keys ``[0, prefix_len)`` and
+    ``[prefix_len + row_starts[q], prefix_len + q]``, where ``row_starts[q]`` (non-decreasing) is where its row
+    begins; keys are the prefix followed by the queries' own keys (``SharedPrefixCache``'s layout). The mask is
+    built from the row boundaries per (query block, key block), never as a dense (queries x keys) tensor: blocks
+    wholly visible are marked full (no mask evaluated), blocks that may hold a visible key partial (the mask is
+    evaluated inside them), the rest skipped. One mask serves every row and head of a batch.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    device = row_starts.device
+    queries, keys = len(row_starts), prefix_len + len(row_starts)
+    row_starts = row_starts.to(torch.long)
+    # The mask reads everything from per-query tensors, never from Python ints (a compiled kernel would recompile
+    # for each prefix length) nor 0-d tensors (torch 2.13's CPU template miscompiles them): the prefix end and the
+    # first own key of each query, padded to whole blocks (and one more) since kernels may evaluate the mask past
+    # the last query up to the end of its block.
+    padding = block_size * (2 + queries // block_size) - queries
+    own_first_key = prefix_len + torch.cat([row_starts, row_starts[-1:].expand(padding)])
+    prefix_end = torch.full_like(own_first_key, prefix_len)
+
+    def mask_mod(batch, head, q, kv):
+        return (kv < prefix_end[q]) | ((kv >= own_first_key[q]) & (kv <= prefix_end[q] + q))
+
+    q_first = torch.arange(0, queries, block_size, device=device)
+    q_last = (q_first + block_size - 1).clamp(max=queries - 1)
+    kv_first = torch.arange(0, keys, block_size, device=device)
+    kv_last = (kv_first + block_size - 1).clamp(max=keys - 1)
+    # Over the queries of a block, the first row start is the smallest (the lowest first own key) and the last the
+    # largest; the last visible own key is prefix_len + q, smallest at the block's first query.
+    low_min, low_max = (prefix_len + row_starts[q_first])[:, None], (prefix_len + row_starts[q_last])[:, None]
+    high_min, high_max = (prefix_len + q_first)[:, None], (prefix_len + q_last)[:, None]
+    kv_first, kv_last = kv_first[None, :], kv_last[None, :]
+    own_first = kv_first.clamp(min=prefix_len)
+    full = (kv_last < prefix_len) | ((own_first >= low_max) & (kv_last <= high_min))
+    # Blocks on the edge of the sequences (a partial block) are evaluated, not assumed full.
+    full &= ((q_last - q_first + 1 == block_size)[:, None]) & (kv_last - kv_first + 1 == block_size)
+    partial = ((kv_first < prefix_len) | ((low_min <= kv_last) & (high_max >= kv_first))) & ~full
+
+    def indexed(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = blocks.sum(-1, dtype=torch.int32)
+        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return counts[None, None], order[None, None]
+
+    return BlockMask.from_kv_blocks(*indexed(partial), *indexed(full), BLOCK_SIZE=block_size, mask_mod=mask_mod,
+                                    seq_lengths=(queries, keys))
 
 
 def is_flash_attention(implementation: str | None) -> bool:

@@ -8,6 +8,7 @@
 # Outputs: $OUT/short/bench.json, $OUT/long/bench.json (timings, throughput, peak memory per path).
 # Adapt:   DEVICE=cpu benchmarks on CPU (fp32); ST_BATCH_SIZES sets the sentence-transformers batch sizes swept.
 #          ZERANK_TINY=1 (what CI does) runs the tiny shape on CPU with few documents.
+# See also: benchmarks/bench_gpu.py (every path on one GPU workload in one run; scripts/gpu-run.sh on a GPU machine).
 set -euo pipefail
 
 SHAPE=${SHAPE:-zerank-1}
