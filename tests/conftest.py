@@ -68,6 +68,16 @@ def tiny_model_dir(tiny_base_dir, tokenizer_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vllm_export(tiny_model_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """``zerank export --format vllm`` of ``tiny_model_dir`` (read-only for the tests): (folder, report)."""
+    from zerank.export.arguments import ExportArguments
+    from zerank.export.exporter import export
+
+    out = tmp_path_factory.mktemp("vllm-export") / "model"
+    return out, export(ExportArguments(model=str(tiny_model_dir), out=out))
+
+
+@pytest.fixture(scope="session")
 def tiny_cross_encoder(tiny_model_dir):
     from sentence_transformers import CrossEncoder
 

@@ -27,19 +27,13 @@ import httpx
 import numpy as np
 import psutil
 
+from zerank.bench.serve_load import free_port, wait_for_health
+
 KEY = "load-key"
 WORDS = ["the", "a", "of", "and", "to", "in", "is", "for", "on", "with", "as", "by", "at", "from", "that", "this", "it", "paris", "france", "capital", "river", "city", "history", "science", "protein", "cell", "energy", "climate", "water", "market", "price", "data", "network", "learning", "language", "system"]
 HUGE_BYTES = 4_500_000
 PAUSE_S = 0.5
 """The huge-document client's pause between its requests (one huge document among many small requests)."""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -57,18 +51,7 @@ def serve(model: Path, pythonpath: str | None = None, store: Path | None = None,
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with code {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not start")
-            time.sleep(0.3)
+        wait_for_health(url, process, timeout=180, poll_s=0.3)
         yield url, psutil.Process(process.pid)
     finally:
         process.terminate()

@@ -24,13 +24,8 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def vllm_export(tiny_model_dir, tmp_path_factory):
-    from zerank.export.arguments import ExportArguments
-    from zerank.export.exporter import export
-
-    out = tmp_path_factory.mktemp("clients") / "vllm"
-    export(ExportArguments(model=str(tiny_model_dir), out=out))
-    return out
+def vllm_export(tiny_vllm_export):
+    return tiny_vllm_export[0]
 
 
 @pytest.fixture(scope="module")

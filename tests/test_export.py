@@ -25,12 +25,6 @@ ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_
             "modeling_zerank.py")
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("vllm-export") / "model"
-    return out, export(ExportArguments(model=str(tiny_model_dir), out=out))
-
-
 def exported_scores(out: Path, pairs, padding_side: str = "right") -> tuple[np.ndarray, torch.Tensor]:
     """sigmoid of the exported model's logits on padded, batched prompts rendered with its own template."""
     model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
@@ -48,8 +42,8 @@ def exported_scores(out: Path, pairs, padding_side: str = "right") -> tuple[np.n
     return torch.sigmoid(logits[:, 0]).numpy(), batch["attention_mask"]
 
 
-def test_export_is_a_plain_qwen3_classifier(exported, tiny_model_dir):
-    out, report = exported
+def test_export_is_a_plain_qwen3_classifier(tiny_vllm_export, tiny_model_dir):
+    out, report = tiny_vllm_export
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen3" and config["architectures"] == ["Qwen3ForSequenceClassification"]
     assert len(config["id2label"]) == 1 and config["pad_token_id"] == 151643
@@ -69,8 +63,8 @@ def test_export_is_a_plain_qwen3_classifier(exported, tiny_model_dir):
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_padded_batches_score_like_zerank(exported, tiny_cross_encoder, padding_side):
-    out, _ = exported
+def test_padded_batches_score_like_zerank(tiny_vllm_export, tiny_cross_encoder, padding_side):
+    out, _ = tiny_vllm_export
     scores, mask = exported_scores(out, PAIRS, padding_side)
     assert (mask == 0).any()  # the batch really is padded
     expected = tiny_cross_encoder.predict(PAIRS)

@@ -49,13 +49,8 @@ def venv_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def vllm_export(tiny_model_dir, tmp_path_factory) -> Path:
-    from zerank.export.arguments import ExportArguments
-    from zerank.export.exporter import export
-
-    out = tmp_path_factory.mktemp("transformers4") / "vllm"
-    export(ExportArguments(model=str(tiny_model_dir), out=out))
-    return out
+def vllm_export(tiny_vllm_export) -> Path:
+    return tiny_vllm_export[0]
 
 
 @pytest.fixture(scope="module")

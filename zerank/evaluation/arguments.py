@@ -40,8 +40,7 @@ class EvaluateArguments:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     long_documents: Literal["truncate", "chunk"] = field(
         default="truncate", metadata={"help": "truncate: cut a document at the model's context; chunk: a document "
-                                              "whose "
-                                              "prompt exceeds --chunk-tokens scores as the aggregation of its "
+                                              "whose prompt exceeds --chunk-tokens scores as the aggregation of its "
                                               "windows (the long documents group)."}
     )
 

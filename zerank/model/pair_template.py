@@ -99,13 +99,9 @@ def compare_with_encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Iterabl
     """Token ids of ``tokenizer(q, d)`` (``truncation="only_second"`` when ``max_length`` is given) against
     ``encode_pairs``, both with ``split_special_tokens`` (False: the tokenizer's default; True: how zerank scores)."""
     result = Exactness()
-    chunk: list[tuple[str, str]] = []
-    for pair in [*pairs, None]:
-        if pair is not None:
-            chunk.append(pair)
-        if chunk and (pair is None or len(chunk) == batch):
-            _compare_chunk(tokenizer, chunk, max_length, split_special_tokens, result)
-            chunk = []
+    pairs = list(pairs)
+    for start in range(0, len(pairs), batch):
+        _compare_chunk(tokenizer, pairs[start : start + batch], max_length, split_special_tokens, result)
     return result
 
 
