@@ -178,13 +178,11 @@ def set_rerank_metadata(writer, template: str) -> None:
 
 
 def import_gguf():
-    """The ``gguf`` package: installed (``pip install gguf``), else the one in the llama.cpp tree."""
+    """The ``gguf`` package (the ``export`` extra), which reads a written GGUF back."""
     try:
         import gguf
     except ImportError:
-        root = Path(os.environ.get(LLAMA_CPP_ENV) or default_llama_cpp_dir())
-        sys.path.append(str(root / "gguf-py"))
-        import gguf
+        raise ImportError("Reading a GGUF back needs the gguf package: pip install 'zerank[export]'") from None
     return gguf
 
 
